@@ -1,0 +1,41 @@
+# Two commands set up a fresh machine and do the work:
+#   make run    virtual environment + locked install, then the pipeline on the built-in data (dvc repro)
+#   make test   virtual environment + locked install, then the test suite
+# `make lock` re-resolves requirements.lock from pyproject.toml (needs uv; seconds).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# PyTorch's CPU wheel: a local wheel folder when the machine has one, else PyTorch's CPU index.
+TORCH_WHEELS ?= /opt/wheels
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_SOURCE := $(if $(wildcard $(TORCH_WHEELS)/torch-*.whl),--find-links $(TORCH_WHEELS),--extra-index-url $(TORCH_CPU_INDEX))
+PYTEST_ARGS ?=
+
+.PHONY: install run test lock lint clean-venv
+
+$(BIN)/.installed: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.9
+	$(BIN)/uv pip install --python $(BIN)/python $(TORCH_SOURCE) -r requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --no-deps -e . --config-settings editable_mode=compat
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/dvc repro
+	$(BIN)/dvc status
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lock:
+	uv pip compile pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		$(TORCH_SOURCE) --override torch-override.txt -o requirements.lock
+
+lint: install
+	$(BIN)/ruff check components pipelines serving tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,98 @@
+"""Side-effect helpers shared by the stage entry points: logging, seeds, atomic outputs, JSON."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # albumentations asks a package index for updates at import unless told not to; stages run offline.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+
+def stage_seed(base_seed: int, stage_seed_value: int, stage: str) -> np.random.SeedSequence:
+    """The seed sequence of one stage: the pipeline's base seed, the stage's own seed, its name."""
+    return np.random.SeedSequence([base_seed, stage_seed_value, zlib.crc32(stage.encode())])
+
+
+def params_hash(section: Any) -> str:
+    """Short stable hash of a params section (a pydantic model), for metadata beside outputs."""
+    blob = json.dumps(section.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def git_revision(cwd: str | Path = ".") -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `target`; on success it replaces `target` whole.
+
+    On any error the temporary folder is removed and `target` is left as it was, so nothing
+    half-written ever sits at the final path looking complete.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        target.replace(old)
+    tmp.replace(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int, per_worker: int = 4) -> Iterator[R]:
+    """`map(fn, items)` over worker processes, in order, with at most `per_worker` x `workers` items
+    in flight, so a long lazy `items` is never materialized (unlike `Pool.imap`, whose feeder thread
+    drains its input). `fn` must be picklable; with one worker it runs inline.
+    """
+    if workers == 1:
+        yield from map(fn, items)
+        return
+    window: deque[Future] = deque()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for item in items:
+            window.append(pool.submit(fn, item))
+            if len(window) >= per_worker * workers:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()

@@ -1,0 +1,169 @@
+"""Typed schema of `params.yaml`, validated once at each stage's entry point.
+
+Every model is frozen and forbids unknown keys, so a typo in `params.yaml` or in
+`dvc exp run -S key=value` fails at once with the key's dotted name instead of being
+silently ignored. Sections mirror the DVC stages; `paths`, `seed` and
+`mask_ratio_buckets` are shared.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Seed = Annotated[int, Field(ge=0, lt=2**32)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Paths(Section):
+    scenes: str  # the built-in COCO-format dataset (stage `scenes`)
+    pairs: str  # synthesized training pairs (stage `synthesize`)
+    reports: str  # DVC metrics and plots
+
+
+class ScenesParams(Section):
+    seed: Seed
+    num_images: PositiveInt
+    size: Annotated[int, Field(ge=32, le=2048)]
+    min_things: Annotated[int, Field(ge=0)]
+    max_things: Annotated[int, Field(ge=0)]
+    person_prob: Fraction
+    occlusion_prob: Fraction
+    crowd_prob: Fraction
+    jpeg_quality: Annotated[int, Field(ge=50, le=100)]
+    workers: PositiveInt
+
+    @model_validator(mode="after")
+    def _things_range(self) -> ScenesParams:
+        if self.min_things > self.max_things:
+            raise ValueError(f"min_things ({self.min_things}) > max_things ({self.max_things})")
+        return self
+
+
+class DatasetParams(Section):
+    """A COCO-format root: the built-in scenes, or real COCO 2017 on local disk."""
+
+    root: str
+    images: str  # image folder, relative to root (COCO 2017: train2017)
+    instances: str  # COCO instances file, relative to root
+    # Where the per-pixel segmentation of a source image comes from:
+    #   instances: thing instances only (unlabeled elsewhere); stuff: a COCO-Stuff json painted under the
+    #   instances; panoptic: a COCO panoptic json + PNG folder; label_maps: a folder of PNG label maps.
+    segmentation: Literal["instances", "stuff", "panoptic", "label_maps"]
+    stuff: str | None
+    panoptic: str | None
+    panoptic_masks: str | None
+    label_maps: str | None
+
+    @model_validator(mode="after")
+    def _segmentation_files(self) -> DatasetParams:
+        needed = {"stuff": ["stuff"], "panoptic": ["panoptic", "panoptic_masks"], "label_maps": ["label_maps"]}
+        for key in needed.get(self.segmentation, []):
+            if getattr(self, key) is None:
+                raise ValueError(f"segmentation '{self.segmentation}' needs dataset.{key} to be set")
+        return self
+
+
+BlendMode = Literal["none", "gaussian", "poisson", "motion_blur"]
+
+
+class SplitFractions(Section):
+    train: Fraction
+    val: Fraction
+    test: Fraction
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitFractions:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1, got {total:g}")
+        return self
+
+
+class SplitCounts(Section):
+    train: Annotated[int, Field(ge=0)]
+    val: Annotated[int, Field(ge=0)]
+    test: Annotated[int, Field(ge=0)]
+
+
+class SynthesizeParams(Section):
+    seed: Seed
+    image_size: Annotated[int, Field(ge=32, le=2048)]
+    target_categories: Annotated[list[str], Field(min_length=1)]
+    splits: SplitFractions
+    pairs: SplitCounts
+    min_mask_ratio: Fraction  # pasted objects smaller than this share of the frame are re-drawn
+    min_object_area: PositiveInt  # source annotations below this many pixels are skipped
+    max_upscale: Annotated[float, Field(ge=1.0)]  # largest enlargement of a source object
+    max_outside: Annotated[float, Field(ge=0.0, lt=1.0)]  # share of an object allowed off-frame
+    blending: dict[BlendMode, Annotated[float, Field(ge=0.0)]]
+    feather_sigma: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]
+    motion_blur_length: tuple[Annotated[int, Field(ge=2)], Annotated[int, Field(ge=2)]]
+    hflip_prob: Fraction
+    max_bad_fraction: Fraction  # fail when more target annotations / images than this are bad
+    workers: PositiveInt
+
+    @field_validator("blending")
+    @classmethod
+    def _some_weight(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value or sum(value.values()) <= 0:
+            raise ValueError("at least one blending mode needs a positive weight")
+        return value
+
+    @field_validator("feather_sigma", "motion_blur_length")
+    @classmethod
+    def _ordered(cls, value: tuple) -> tuple:
+        if value[0] > value[1]:
+            raise ValueError(f"range must be [low, high], got {list(value)}")
+        return value
+
+
+class Params(Section):
+    seed: Seed  # the pipeline's base seed; each stage mixes in its own `seed`
+    mask_ratio_buckets: Annotated[list[Fraction], Field(min_length=2)]
+    paths: Paths
+    scenes: ScenesParams
+    dataset: DatasetParams
+    synthesize: SynthesizeParams
+
+    @field_validator("mask_ratio_buckets")
+    @classmethod
+    def _increasing(cls, value: list[float]) -> list[float]:
+        if any(b <= a for a, b in zip(value, value[1:])):
+            raise ValueError(f"bucket edges must increase strictly, got {value}")
+        return value
+
+
+class ParamsError(ValueError):
+    """`params.yaml` is missing, unreadable or does not match the schema."""
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate `path`; errors name the file and every offending key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML: {err}") from err
+    return parse_params(raw or {}, source=str(path))
+
+
+def parse_params(raw: dict, source: str = "params") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        problems = []
+        for item in err.errors():
+            key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+            problems.append(f"  {key}: {item['msg']}")
+        raise ParamsError(f"{source} has {len(problems)} bad value(s):\n" + "\n".join(problems)) from None

@@ -1,0 +1,207 @@
+"""Plan and render copy-paste pairs from a COCO-format root (the `synthesize` stage's work).
+
+The main process holds only the COCO index. It splits the source images, checks every target
+annotation once, and plans each pair as a small `PairSpec` (which object, which background,
+target ratio, blending mode, and a per-pair seed). Workers render specs: they read the two
+images, paste, and write five PNGs. Specs are fed through a bounded window, so memory stays flat
+however many pairs are asked for, and a pair depends only on its own seed, so the output does not
+depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from components.buckets import bucket_labels, bucket_of
+from components.coco import DatasetError, SegmentationRecipe, decode_annotation, render_label_map
+from components.copy_paste import PasteConfig, cut_object, fit_background, paste
+from pipelines.common import bounded_map
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+# File kinds written per pair: folder name -> what it holds.
+PAIR_FILES = {
+    "images": "I, the image with the pasted object (RGB PNG)",
+    "backgrounds": "I_G, the background before pasting (RGB PNG)",
+    "masks": "M_G, the pasted-object mask (0/255 PNG)",
+    "segs": "segmentation of I (category ids, uint8 PNG)",
+    "bg_segs": "segmentation of I_G (category ids, uint8 PNG)",
+}
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    image_id: int
+    file: str
+    height: int
+    width: int
+    annotation_id: int
+    category_id: int
+    category: str
+    segmentation: list | dict
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    image_id: int
+    file: str
+    height: int
+    width: int
+    recipe: SegmentationRecipe
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    split: str
+    index: int
+    seed: int
+    obj: SourceObject
+    background: SourceImage
+    target_ratio: float
+    mode: str
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    out_dir: str  # the split folder being written
+    paste: PasteConfig
+    hflip_prob: float
+    bucket_edges: tuple[float, ...]
+
+
+def plan_pairs(
+    split: str,
+    count: int,
+    objects: list[SourceObject],
+    images: list[SourceImage],
+    bucket_edges: list[float],
+    min_ratio: float,
+    blending: dict[str, float],
+    seed: np.random.SeedSequence,
+) -> Iterator[PairSpec]:
+    """Specs of `count` pairs of one split; ratios are drawn evenly over the buckets.
+
+    Objects and backgrounds both come from the split's own images, so splits share no source image.
+    """
+    rng = np.random.default_rng(seed)
+    modes = list(blending)
+    weights = np.array([blending[m] for m in modes], float)
+    weights /= weights.sum()
+    pair_seeds = seed.spawn(count)
+    n_buckets = len(bucket_edges) - 1
+    for index in range(count):
+        obj = objects[rng.integers(len(objects))]
+        background = images[rng.integers(len(images))]
+        while background.image_id == obj.image_id:
+            background = images[rng.integers(len(images))]
+        lo, hi = bucket_edges[index % n_buckets], bucket_edges[index % n_buckets + 1]
+        yield PairSpec(
+            split=split,
+            index=index,
+            seed=int(pair_seeds[index].generate_state(1)[0]),
+            obj=obj,
+            background=background,
+            target_ratio=float(rng.uniform(max(lo, min_ratio), hi)),
+            mode=str(rng.choice(modes, p=weights)),
+        )
+
+
+def _read_rgb(path: str, height: int, width: int) -> np.ndarray:
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise DatasetError(f"image missing or unreadable: {path}")
+    if bgr.shape[:2] != (height, width):
+        raise DatasetError(f"image {path} is {bgr.shape[1]}x{bgr.shape[0]}, annotations say {width}x{height}")
+    return bgr[..., ::-1]
+
+
+def render_pair(spec: PairSpec, settings: RenderSettings) -> dict:
+    """Render and write one pair; returns its manifest record, or {'dropped': reason}."""
+    rng = np.random.default_rng(spec.seed)
+    try:
+        # 1. the object, cut along its mask
+        source = _read_rgb(spec.obj.file, spec.obj.height, spec.obj.width)
+        obj_mask = decode_annotation(spec.obj.segmentation, spec.obj.height, spec.obj.width)
+        if not obj_mask.any():
+            return {"dropped": "object mask is empty"}
+        obj, obj_mask = cut_object(source, obj_mask)
+        # 2. the background and its segmentation, resized and cropped together
+        bg = spec.background
+        bg_image = _read_rgb(bg.file, bg.height, bg.width)
+        bg_labels = render_label_map(bg.recipe, bg.height, bg.width)
+    except DatasetError as err:
+        return {"dropped": str(err)}
+    bg_image, bg_labels = fit_background(bg_image, bg_labels, settings.paste.size, settings.hflip_prob, spec.seed)
+    # 3. paste and blend
+    pasted = paste(bg_image, obj, obj_mask, spec.target_ratio, spec.mode, settings.paste, rng)
+    if pasted is None:
+        return {"dropped": "object never reached min_mask_ratio in the frame"}
+    seg = np.where(pasted.alpha >= 0.5, np.uint8(spec.obj.category_id), bg_labels).astype(np.uint8)
+    # 4. write the five files
+    name = f"{spec.index:06d}.png"
+    out = Path(settings.out_dir)
+    arrays = {
+        "images": pasted.image[..., ::-1],
+        "backgrounds": bg_image[..., ::-1],
+        "masks": pasted.mask.astype(np.uint8) * 255,
+        "segs": seg,
+        "bg_segs": bg_labels.astype(np.uint8),
+    }
+    for folder, array in arrays.items():
+        if not cv2.imwrite(str(out / folder / name), np.ascontiguousarray(array)):
+            raise OSError(f"could not write {out / folder / name}")
+    ratio = float(pasted.mask.mean())
+    return {
+        "id": f"{spec.split}/{spec.index:06d}",
+        "split": spec.split,
+        "files": {folder: f"{folder}/{name}" for folder in arrays},
+        "object": {
+            "image_id": spec.obj.image_id,
+            "file_name": Path(spec.obj.file).name,
+            "annotation_id": spec.obj.annotation_id,
+            "category_id": spec.obj.category_id,
+            "category": spec.obj.category,
+        },
+        "background": {"image_id": bg.image_id, "file_name": Path(bg.file).name},
+        "bbox": pasted.bbox,
+        "mask_ratio": round(ratio, 6),
+        "target_ratio": round(spec.target_ratio, 6),
+        "bucket": bucket_of(ratio, list(settings.bucket_edges)),
+        "blend": spec.mode,
+        "scale": round(pasted.scale, 4),
+    }
+
+
+def render_split(
+    specs: Iterable[PairSpec], count: int, settings: RenderSettings, workers: int, manifest: Path
+) -> tuple[Counter, Counter]:
+    """Render a split's pairs into `settings.out_dir`, writing the manifest line by line.
+
+    Returns (counts of kept pairs per bucket and blend mode, counts of dropped pairs per reason).
+    """
+    out = Path(settings.out_dir)
+    for folder in PAIR_FILES:
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    kept: Counter = Counter()
+    dropped: Counter = Counter()
+    with manifest.open("w") as handle:
+        results = bounded_map(partial(render_pair, settings=settings), specs, workers)
+        for record in tqdm(results, total=count, desc=f"synthesize {out.name}", unit="pair", mininterval=1.0):
+            if "dropped" in record:
+                dropped[record["dropped"]] += 1
+                continue
+            kept[f"bucket:{record['bucket']}"] += 1
+            kept[f"blend:{record['blend']}"] += 1
+            handle.write(json.dumps(record, separators=(",", ":")) + "\n")
+    return kept, dropped

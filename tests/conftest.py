@@ -1,0 +1,145 @@
+"""Shared fixtures: a tiny COCO root written to disk, and tiny params built from the real params.yaml."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations must not look for updates
+
+from components.coco import encode_rle, encode_uncompressed_rle, mask_to_polygons  # noqa: E402
+from pipelines.params import Params, parse_params  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+STUFF_IDS = {"sky": 101, "ground": 102}
+
+
+def _ellipse(shape: tuple[int, int], centre: tuple[int, int], axes: tuple[int, int]) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    cv2.ellipse(mask, centre, axes, 0, 0, 360, 1, -1)
+    return mask.astype(bool)
+
+
+def write_tiny_coco(root: Path, n_images: int = 20, size: tuple[int, int] = (48, 64), seed: int = 0) -> Path:
+    """A COCO root as real COCO lays it out: `train/`, `annotations/instances.json`, `stuff.json`,
+    `panoptic.json` + `panoptic/` PNGs, and `labels/` label maps.
+
+    Persons (id 1) alternate between polygon and compressed-RLE segmentations; image 3 holds a crowd
+    annotation (uncompressed RLE, iscrowd=1); image 5's file is missing on disk; balls (id 2) are
+    a second thing class.
+    """
+    rng = np.random.default_rng(seed)
+    height, width = size
+    for folder in ("train", "annotations", "panoptic", "labels"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    images, things, stuff, panoptic = [], [], [], []
+    for index in range(n_images):
+        image_id = index + 1
+        horizon = int(rng.integers(height // 3, 2 * height // 3))
+        labels = np.full(size, STUFF_IDS["ground"], np.uint8)
+        labels[:horizon] = STUFF_IDS["sky"]
+        image = rng.integers(0, 60, (height, width, 3)).astype(np.uint8)
+        image[:horizon] += np.array([90, 140, 190], np.uint8)
+        image[horizon:] += np.array([60, 150, 50], np.uint8)
+        anns = []
+        centre = (int(rng.integers(15, width - 15)), int(rng.integers(15, height - 15)))
+        person = _ellipse(size, centre, (6, 14))
+        image[person] = (200, 40, 40)
+        form = "polygon" if index % 2 == 0 else "rle"
+        anns.append((1, person, form))
+        if index % 4 == 1:
+            ball = _ellipse(size, (width - centre[0], 10), (5, 5)) & ~person
+            image[ball] = (240, 220, 30)
+            anns.append((2, ball, "polygon"))
+        if index == 3:
+            crowd = _ellipse(size, (8, height - 8), (6, 4)) & ~person
+            image[crowd] = (30, 30, 200)
+            anns.append((1, crowd, "crowd"))
+        file_name = f"{image_id:012d}.jpg"
+        if index != 5:
+            cv2.imwrite(str(root / "train" / file_name), image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 98])
+        images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
+        segments_png = np.zeros((height, width), np.int64)
+        segments_info = []
+        for name, stuff_id in STUFF_IDS.items():
+            region = labels == stuff_id
+            stuff.append({"id": len(stuff) + 1, "image_id": image_id, "category_id": stuff_id,
+                          "segmentation": encode_rle(region), "area": int(region.sum()), "iscrowd": 0,
+                          "bbox": [0, 0, width, height]})
+        for category_id, mask, form in anns:
+            labels[mask] = category_id
+            if form == "polygon":
+                segmentation = mask_to_polygons(mask)
+            elif form == "rle":
+                segmentation = encode_rle(mask)
+            else:
+                segmentation = encode_uncompressed_rle(mask)
+            ys, xs = np.nonzero(mask)
+            things.append({"id": len(things) + 1, "image_id": image_id, "category_id": category_id,
+                           "segmentation": segmentation, "area": int(mask.sum()), "iscrowd": int(form == "crowd"),
+                           "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs) + 1), int(np.ptp(ys) + 1)]})
+        for segment_id, category_id in enumerate(np.unique(labels), start=1):
+            segments_png[labels == category_id] = segment_id * 1000
+            segments_info.append({"id": segment_id * 1000, "category_id": int(category_id)})
+        rgb = np.stack([segments_png % 256, segments_png // 256 % 256, segments_png // 65536], -1).astype(np.uint8)
+        cv2.imwrite(str(root / "panoptic" / f"{image_id:012d}.png"), rgb[..., ::-1])
+        panoptic.append({"image_id": image_id, "file_name": f"{image_id:012d}.png", "segments_info": segments_info})
+        cv2.imwrite(str(root / "labels" / f"{image_id:012d}.png"), labels)
+    thing_cats = [{"id": 1, "name": "person", "supercategory": "person"},
+                  {"id": 2, "name": "sports ball", "supercategory": "sports"}]
+    stuff_cats = [{"id": i, "name": n, "supercategory": "stuff"} for n, i in STUFF_IDS.items()]
+    (root / "annotations" / "instances.json").write_text(
+        json.dumps({"images": images, "annotations": things, "categories": thing_cats}))
+    (root / "annotations" / "stuff.json").write_text(
+        json.dumps({"images": images, "annotations": stuff, "categories": stuff_cats}))
+    pan_cats = [{**c, "isthing": 1} for c in thing_cats] + [{**c, "isthing": 0} for c in stuff_cats]
+    (root / "annotations" / "panoptic.json").write_text(
+        json.dumps({"images": images, "annotations": panoptic, "categories": pan_cats}))
+    return root
+
+
+def repo_params_raw() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def tiny_params_raw(tmp_path: Path, coco_root: Path | None = None) -> dict:
+    """The committed params.yaml shrunk to seconds of work, writing under `tmp_path`."""
+    raw = repo_params_raw()
+    raw["paths"] = {"scenes": str(tmp_path / "scenes"), "pairs": str(tmp_path / "pairs"),
+                    "reports": str(tmp_path / "reports")}
+    raw["scenes"].update(num_images=40, size=64, workers=1)
+    raw["synthesize"].update(image_size=48, pairs={"train": 16, "val": 4, "test": 4}, workers=1,
+                             min_object_area=40)
+    if coco_root is not None:
+        raw["dataset"].update(root=str(coco_root), images="train", instances="annotations/instances.json",
+                              segmentation="stuff", stuff="annotations/stuff.json",
+                              panoptic="annotations/panoptic.json", panoptic_masks="panoptic", label_maps="labels")
+        raw["synthesize"]["max_bad_fraction"] = 0.2
+    else:
+        raw["dataset"]["root"] = str(tmp_path / "scenes")
+    return raw
+
+
+@pytest.fixture
+def tiny_coco(tmp_path: Path) -> Path:
+    return write_tiny_coco(tmp_path / "coco")
+
+
+@pytest.fixture
+def coco_params(tmp_path: Path, tiny_coco: Path) -> Params:
+    return parse_params(tiny_params_raw(tmp_path, tiny_coco))
+
+
+def copy_repo(dest: Path) -> Path:
+    """The tracked project files (no venv, data or caches) copied to `dest`, for real `dvc repro` runs."""
+    ignore = shutil.ignore_patterns(".venv", "data", "reports", "__pycache__", ".pytest_cache", "mlflow.db",
+                                    "mlruns", ".ruff_cache", "*.egg-info", "tmp", "cache")
+    shutil.copytree(REPO, dest, ignore=ignore)
+    return dest
