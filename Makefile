@@ -11,6 +11,9 @@ TORCH_WHEELS ?= /opt/wheels
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_SOURCE := $(if $(wildcard $(TORCH_WHEELS)/torch-*.whl),--find-links $(TORCH_WHEELS),--extra-index-url $(TORCH_CPU_INDEX))
 PYTEST_ARGS ?=
+# Stage commands in dvc.yaml call `python`: the environment's. albumentations must not phone home.
+export PATH := $(abspath $(BIN)):$(PATH)
+export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: install run test lock lint clean-venv
 

@@ -223,9 +223,16 @@ def encode_uncompressed_rle(mask: np.ndarray) -> dict:
 
 
 def mask_to_polygons(mask: np.ndarray) -> list[list[float]] | None:
-    """Outer contours of a mask as COCO polygons, or None when polygons cannot represent it (holes)."""
-    contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    """Outer contours of a mask as COCO polygons, or None when polygons cannot represent it (holes).
+
+    Contours are traced on a 2x nearest-upsampled mask and mapped back with pycocotools' pixel-corner
+    convention (pixel i spans [i, i+1]): the polygon runs a quarter pixel inside the mask's edge, so
+    `decode_annotation` gives back the same pixels even for one-pixel-wide limbs (a contour through
+    pixel centres, as plain findContours gives, loses half a pixel all round).
+    """
+    up = cv2.resize(mask.astype(np.uint8), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None or (hierarchy[0][:, 3] >= 0).any():  # a contour with a parent is a hole
         return None
-    polygons = [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+    polygons = [((c.reshape(-1, 2) + 0.5) / 2).reshape(-1).tolist() for c in contours if len(c) >= 3]
     return polygons or None

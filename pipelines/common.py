@@ -80,19 +80,31 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def bounded_map(fn: Callable[[T], R], items: Iterable[T], workers: int, per_worker: int = 4) -> Iterator[R]:
-    """`map(fn, items)` over worker processes, in order, with at most `per_worker` x `workers` items
-    in flight, so a long lazy `items` is never materialized (unlike `Pool.imap`, whose feeder thread
-    drains its input). `fn` must be picklable; with one worker it runs inline.
+@contextlib.contextmanager
+def process_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
+    """A pool of `workers` processes, or None for one worker (work then runs inline, easy to debug).
+
+    Workers are forked, so modules the parent imported (OpenCV, albumentations) are not imported again.
     """
     if workers == 1:
+        yield None
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield pool
+
+
+def bounded_map(fn: Callable[[T], R], items: Iterable[T], pool: ProcessPoolExecutor | None, window: int) -> Iterator[R]:
+    """`map(fn, items)` on `pool`, in order, with at most `window` items in flight, so a long lazy
+    `items` is never materialized (unlike `Pool.imap`, whose feeder thread drains its input).
+    `fn` must be picklable; without a pool it runs inline.
+    """
+    if pool is None:
         yield from map(fn, items)
         return
-    window: deque[Future] = deque()
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        for item in items:
-            window.append(pool.submit(fn, item))
-            if len(window) >= per_worker * workers:
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
+    pending: deque[Future] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()

@@ -14,6 +14,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -184,7 +185,7 @@ def render_pair(spec: PairSpec, settings: RenderSettings) -> dict:
 
 
 def render_split(
-    specs: Iterable[PairSpec], count: int, settings: RenderSettings, workers: int, manifest: Path
+    specs: Iterable[PairSpec], count: int, settings: RenderSettings, pool: ProcessPoolExecutor | None, manifest: Path
 ) -> tuple[Counter, Counter]:
     """Render a split's pairs into `settings.out_dir`, writing the manifest line by line.
 
@@ -196,7 +197,7 @@ def render_split(
     kept: Counter = Counter()
     dropped: Counter = Counter()
     with manifest.open("w") as handle:
-        results = bounded_map(partial(render_pair, settings=settings), specs, workers)
+        results = bounded_map(partial(render_pair, settings=settings), specs, pool, window=32)
         for record in tqdm(results, total=count, desc=f"synthesize {out.name}", unit="pair", mininterval=1.0):
             if "dropped" in record:
                 dropped[record["dropped"]] += 1

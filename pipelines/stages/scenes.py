@@ -26,7 +26,16 @@ from tqdm import tqdm
 
 from components.coco import encode_rle, encode_uncompressed_rle, mask_bbox, mask_to_polygons
 from components.scenes import CATEGORIES, SceneConfig, generate_scene
-from pipelines.common import atomic_dir, bounded_map, git_revision, params_hash, setup_logging, stage_seed, write_json
+from pipelines.common import (
+    atomic_dir,
+    bounded_map,
+    git_revision,
+    params_hash,
+    process_pool,
+    setup_logging,
+    stage_seed,
+    write_json,
+)
 from pipelines.params import Params, ParamsError, load_params
 
 log = logging.getLogger("scenes")
@@ -79,14 +88,14 @@ def run(params: Params) -> dict:
         {"id": c.id, "name": c.name, "supercategory": c.supercategory, "isthing": int(c.isthing)} for c in CATEGORIES
     ]
     out = Path(params.paths.scenes)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp, process_pool(cfg.workers) as pool:
         for folder in ("images", "labels", "annotations"):
             (tmp / folder).mkdir()
         images, things, stuff = [], [], []
         render = partial(render_scene, config=config, out_dir=str(tmp), quality=cfg.jpeg_quality)
         jobs = ((i, int(seed)) for i, seed in enumerate(seeds))
         for image, image_things, image_stuff in tqdm(
-            bounded_map(render, jobs, cfg.workers, per_worker=16), total=cfg.num_images, desc="scenes", unit="img",
+            bounded_map(render, jobs, pool, window=32 * cfg.workers), total=cfg.num_images, desc="scenes", unit="img",
             mininterval=1.0,
         ):
             images.append(image)

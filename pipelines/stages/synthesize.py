@@ -20,7 +20,15 @@ import numpy as np
 from components.buckets import bucket_labels
 from components.coco import DatasetError
 from components.copy_paste import PasteConfig
-from pipelines.common import atomic_dir, git_revision, params_hash, setup_logging, stage_seed, write_json
+from pipelines.common import (
+    atomic_dir,
+    git_revision,
+    params_hash,
+    process_pool,
+    setup_logging,
+    stage_seed,
+    write_json,
+)
 from pipelines.params import Params, ParamsError, load_params
 from pipelines.sources import prepare_sources
 from pipelines.synthesis import PAIR_FILES, SPLITS, RenderSettings, plan_pairs, render_split
@@ -50,12 +58,14 @@ def run(params: Params) -> dict:
     )
     summary: dict = {"pairs": {}, "buckets": {}, "blend": {}, "dropped_pairs": {}}
     out = Path(params.paths.pairs)
-    with atomic_dir(out) as tmp:
+    import albumentations  # noqa: F401  (loaded once here, so forked workers inherit it: ~5 s each otherwise)
+
+    with atomic_dir(out) as tmp, process_pool(cfg.workers) as pool:
         for split, seed in zip(SPLITS, plan_seeds):
             specs = plan_pairs(split, counts[split], sources.objects[split], sources.images[split], edges,
                                cfg.min_mask_ratio, cfg.blending, seed)
             settings = RenderSettings(str(tmp / split), paste_config, cfg.hflip_prob, tuple(edges))
-            kept, dropped = render_split(specs, counts[split], settings, cfg.workers, tmp / split / "manifest.jsonl")
+            kept, dropped = render_split(specs, counts[split], settings, pool, tmp / split / "manifest.jsonl")
             summary["pairs"][split] = sum(v for k, v in kept.items() if k.startswith("blend:"))
             summary["buckets"][split] = {b: kept[f"bucket:{b}"] for b in bucket_labels(edges)}
             summary["blend"][split] = {m: kept[f"blend:{m}"] for m in cfg.blending}

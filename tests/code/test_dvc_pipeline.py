@@ -1,0 +1,63 @@
+"""A real `dvc repro` of the data stages in a temporary copy of the repository, on tiny params."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import copy_repo, tiny_params_raw
+
+pytestmark = pytest.mark.slow
+
+
+def _sh(repo: Path, *args: str) -> str:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", NO_ALBUMENTATIONS_UPDATE="1")
+    done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    repo = copy_repo(tmp_path_factory.mktemp("dvc") / "repo")
+    raw = tiny_params_raw(Path("unused"))
+    raw["paths"] = {"scenes": "data/scenes", "pairs": "data/pairs", "reports": "reports"}
+    raw["dataset"]["root"] = "data/scenes"
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    if not (repo / ".git").exists():
+        _sh(repo, "git", "init", "-q")
+    _sh(repo, "git", "add", "-A")
+    _sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny params", "--allow-empty")
+    return repo
+
+
+def test_repro_then_status_clean_then_nothing_to_do(repo):
+    out = _sh(repo, "dvc", "repro", "synthesize")
+    assert "Running stage 'scenes'" in out and "Running stage 'synthesize'" in out
+    summary = json.loads((repo / "data" / "pairs" / "summary.json").read_text())
+    assert summary["pairs"] == {"train": 16, "val": 4, "test": 4}
+    metrics = json.loads((repo / "reports" / "synthesize.json").read_text())
+    assert metrics["pairs"]["train"] == 16
+    assert "up to date" in _sh(repo, "dvc", "status")
+    again = _sh(repo, "dvc", "repro", "synthesize")
+    assert "Running stage" not in again and "didn't change, skipping" in again
+    assert "data/pairs" in (repo / "data" / ".gitignore").read_text() or "/pairs" in (repo / "data" / ".gitignore").read_text()
+
+
+def test_exp_run_with_another_seed_changes_the_data(repo):
+    _sh(repo, "dvc", "repro", "synthesize")
+    _sh(repo, "git", "add", "-A")
+    _sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock", "--allow-empty")
+    before = (repo / "data" / "pairs" / "train" / "manifest.jsonl").read_text()
+    out = _sh(repo, "dvc", "exp", "run", "-S", "synthesize.seed=7")
+    assert "Running stage 'synthesize'" in out and "Running stage 'scenes'" not in out
+    after = (repo / "data" / "pairs" / "train" / "manifest.jsonl").read_text()
+    assert after != before
+    diff = _sh(repo, "dvc", "params", "diff")
+    assert "synthesize.seed" in diff and "7" in diff
