@@ -13,6 +13,7 @@ RLE, compressed or not). This module only reads files; writing is left to the pi
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 import io
 import json
 from dataclasses import dataclass
@@ -57,6 +58,11 @@ def load_coco(path: Path, what: str = "COCO annotations file") -> COCO:
             missing = [f for f in fields if not isinstance(entry, dict) or f not in entry]
             if missing:
                 raise DatasetError(f"{what} {path}: an entry of '{key}' lacks {missing}: {str(entry)[:120]}")
+    for key in ("images", "annotations", "categories"):
+        counts = Counter(entry.get("id") for entry in data[key] if isinstance(entry, dict))
+        duplicates = [entry_id for entry_id, n in counts.items() if n > 1]
+        if duplicates:
+            raise DatasetError(f"{what} {path}: '{key}' ids are not unique, e.g. {duplicates[:5]}")
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress

@@ -176,20 +176,28 @@ def paste(
 ) -> Pasted | None:
     """Paste a cut object onto a size x size background at a drawn position; None if it never fits.
 
-    The scale is chosen for `target_ratio` of the frame (capped by `max_upscale` and the frame);
-    the position is re-drawn until the visible part reaches `min_mask_ratio`, and the scale shrunk
-    when a blur halo pushes `M_G` past `max_mask_ratio`. The realized ratio is what `Pasted.mask`
-    covers; off-frame parts make it smaller than the target.
+    The scale is chosen for `target_ratio` of the frame (capped by `max_upscale` and the frame) and
+    grown when parts fall off-frame; the position is re-drawn until the visible part reaches
+    `min_mask_ratio`, and the scale shrunk when a blur halo pushes `M_G` past `max_mask_ratio`.
+    The realized ratio is what `Pasted.mask` covers; it can stay below the target when the caps bind.
     """
-    scale = _placement_scale(obj_mask, target_ratio, config)
+    goal = target_ratio  # lowered when a blur halo overshoots max_mask_ratio
+    largest = _placement_scale(obj_mask, 1.0, config)  # the cap from max_upscale and the frame
     for _ in range(tries):
         where = (rng.uniform(), rng.uniform())
+        scale = _placement_scale(obj_mask, goal, config)
         canvas, coverage = _place(obj, obj_mask, scale, where, config.size, config.max_outside)
+        for _ in range(3):  # parts fell off-frame: grow towards the target, same relative position
+            visible = (coverage >= 0.5).mean()
+            if visible == 0 or visible >= 0.9 * goal or scale >= largest:
+                break
+            scale = min(largest, scale * float(np.sqrt(goal / visible)))
+            canvas, coverage = _place(obj, obj_mask, scale, where, config.size, config.max_outside)
         if (coverage >= 0.5).mean() < config.min_mask_ratio:
             continue
         image, mask, alpha = blend(background, canvas, coverage, mode, config, rng)
         if mask.mean() > config.max_mask_ratio:
-            scale *= 0.97 * np.sqrt(config.max_mask_ratio / mask.mean())
+            goal *= 0.97 * config.max_mask_ratio / mask.mean()
             continue
         return Pasted(image=image, mask=mask, alpha=alpha, bbox=mask_bbox(mask), scale=scale)
     return None

@@ -134,13 +134,15 @@ def prepare_sources(
         if ann.get("iscrowd", 0):
             skip("crowd annotation", label)
             continue
-        area = float(mask_utils.area(annotation_rle(ann["segmentation"], image["height"], image["width"])))
+        rle = annotation_rle(ann["segmentation"], image["height"], image["width"])
+        area = float(mask_utils.area(rle))
         if area < min_object_area:
             skip("smaller than min_object_area", label)
             continue
         sources.objects[owner[image["id"]]].append(
             SourceObject(image["id"], str(images_dir / image["file_name"]), image["height"], image["width"],
-                         ann["id"], ann["category_id"], names[ann["category_id"]], ann["segmentation"])
+                         ann["id"], ann["category_id"], names[ann["category_id"]], ann["segmentation"],
+                         area, float(max(mask_utils.toBbox(rle)[2:])))
         )
     if target_anns and bad > max_bad_fraction * len(target_anns):
         reasons = {r: sources.examples[r] for r in sources.skipped if r.startswith(("malformed", "annotation on", "unknown"))}

@@ -51,6 +51,8 @@ class SourceObject:
     category_id: int
     category: str
     segmentation: list | dict
+    area: float  # mask pixels in the source image
+    extent: float  # longest side of the source bbox, pixels
 
 
 @dataclass(frozen=True)
@@ -87,13 +89,16 @@ def plan_pairs(
     objects: list[SourceObject],
     images: list[SourceImage],
     bucket_edges: list[float],
-    min_ratio: float,
+    paste_config: PasteConfig,
     blending: dict[str, float],
     seed: np.random.SeedSequence,
 ) -> Iterator[PairSpec]:
-    """Specs of `count` pairs of one split; ratios are drawn evenly over the buckets.
+    """Specs of `count` pairs of one split; target ratios are drawn evenly over the buckets.
 
     Objects and backgrounds both come from the split's own images, so splits share no source image.
+    For a large target ratio, objects that cannot reach it (small, or long and thin, once
+    `max_upscale` and the frame cap their scale) are re-drawn a few times, so the top buckets are
+    not starved; close-ups of people are what fill them in real photos too.
     """
     rng = np.random.default_rng(seed)
     modes = list(blending)
@@ -101,19 +106,25 @@ def plan_pairs(
     weights /= weights.sum()
     pair_seeds = seed.spawn(count)
     n_buckets = len(bucket_edges) - 1
+    size, cap = paste_config.size, paste_config.max_upscale
     for index in range(count):
-        obj = objects[rng.integers(len(objects))]
+        lo, hi = bucket_edges[index % n_buckets], bucket_edges[index % n_buckets + 1]
+        target = float(rng.uniform(max(lo, paste_config.min_mask_ratio), hi))
+        for _ in range(10):
+            obj = objects[rng.integers(len(objects))]
+            scale = min(cap, size / (1.0 - paste_config.max_outside) / obj.extent)
+            if obj.area * scale**2 >= target * size**2:
+                break
         background = images[rng.integers(len(images))]
         while background.image_id == obj.image_id:
             background = images[rng.integers(len(images))]
-        lo, hi = bucket_edges[index % n_buckets], bucket_edges[index % n_buckets + 1]
         yield PairSpec(
             split=split,
             index=index,
             seed=int(pair_seeds[index].generate_state(1)[0]),
             obj=obj,
             background=background,
-            target_ratio=float(rng.uniform(max(lo, min_ratio), hi)),
+            target_ratio=target,
             mode=str(rng.choice(modes, p=weights)),
         )
 

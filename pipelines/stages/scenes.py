@@ -100,7 +100,8 @@ def run(params: Params) -> dict:
         ):
             images.append(image)
             for target, anns in ((things, image_things), (stuff, image_stuff)):
-                target += [{"id": len(target) + 1, "image_id": image["id"], **ann} for ann in anns]
+                start = len(target) + 1
+                target += [{"id": start + k, "image_id": image["id"], **ann} for k, ann in enumerate(anns)]
         info = {"description": "built-in synthetic scenes", "params_hash": params_hash(cfg), "git_revision": git_revision()}
         thing_cats = [c for c in categories if c["isthing"]]
         stuff_cats = [c for c in categories if not c["isthing"]]

@@ -63,7 +63,7 @@ def run(params: Params) -> dict:
     with atomic_dir(out) as tmp, process_pool(cfg.workers) as pool:
         for split, seed in zip(SPLITS, plan_seeds):
             specs = plan_pairs(split, counts[split], sources.objects[split], sources.images[split], edges,
-                               cfg.min_mask_ratio, cfg.blending, seed)
+                               paste_config, cfg.blending, seed)
             settings = RenderSettings(str(tmp / split), paste_config, cfg.hflip_prob, tuple(edges))
             kept, dropped = render_split(specs, counts[split], settings, pool, tmp / split / "manifest.jsonl")
             summary["pairs"][split] = sum(v for k, v in kept.items() if k.startswith("blend:"))

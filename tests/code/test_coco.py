@@ -97,6 +97,11 @@ def test_load_errors_name_the_file(tmp_path):
     partial.write_text(json.dumps({"images": [], "annotations": []}))
     with pytest.raises(DatasetError, match="has no 'categories' list"):
         load_coco(partial)
+    twice = tmp_path / "twice.json"
+    twice.write_text(json.dumps({"images": [], "categories": [],
+                                 "annotations": [{"id": 7, "image_id": 1}, {"id": 7, "image_id": 2}]}))
+    with pytest.raises(DatasetError, match=r"'annotations' ids are not unique, e.g. \[7\]"):
+        load_coco(twice)
     no_size = tmp_path / "no_size.json"
     no_size.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [], "categories": []}))
     with pytest.raises(DatasetError, match=r"lacks \['height', 'width'\]"):

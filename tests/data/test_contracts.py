@@ -50,6 +50,7 @@ def test_scenes_are_a_valid_coco_root(built):
         assert "person" in names and names["person"]["isthing"] == 1
         assert sum(c["isthing"] == 0 for c in names.values()) >= 4
         assert sum(c["isthing"] == 1 for c in names.values()) >= 3
+        assert len({a["id"] for a in instances.dataset["annotations"]}) == len(instances.dataset["annotations"])
         kinds = {"polygon": 0, "rle": 0, "crowd": 0}
         for image in instances.dataset["images"][:60]:
             labels = cv2.imread(str(scenes_root / "labels" / (Path(image["file_name"]).stem + ".png")),
@@ -91,6 +92,10 @@ def test_pairs_contract(built):
                 assert record["mask_ratio"] == pytest.approx(inside.mean(), abs=1e-6)
                 assert np.array_equal(image[~inside], background[~inside])
                 assert record["bucket"] is not None
+                # what was pasted is an object of a target class, labeled as such in S
+                assert record["object"]["category_id"] in summary["target_category_ids"]
+                seg = cv2.imread(str(files["segs"]), cv2.IMREAD_UNCHANGED)
+                assert (seg[inside] == record["object"]["category_id"]).mean() > 0.3
 
 
 def test_no_split_leakage(built):
