@@ -13,9 +13,9 @@ RLE, compressed or not). This module only reads files; writing is left to the pi
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
 import io
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +40,8 @@ def read_json(path: Path, what: str) -> Any:
         with path.open("rb") as handle:
             return json.load(handle)
     except json.JSONDecodeError as err:
-        raise DatasetError(f"{what} {path} is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+        where = f"line {err.lineno} column {err.colno}"
+        raise DatasetError(f"{what} {path} is not valid JSON: {err.msg} at {where}") from None
     except UnicodeDecodeError as err:
         raise DatasetError(f"{what} {path} is not UTF-8 JSON: {err}") from None
 
@@ -178,7 +179,8 @@ def render_label_map(recipe: SegmentationRecipe, height: int, width: int) -> np.
         if loaded is None:
             raise DatasetError(f"label map not found or unreadable: {recipe.png}")
         if loaded.shape[:2] != (height, width):
-            raise DatasetError(f"label map {recipe.png} is {loaded.shape[1]}x{loaded.shape[0]}, image is {width}x{height}")
+            found = f"{loaded.shape[1]}x{loaded.shape[0]}"
+            raise DatasetError(f"label map {recipe.png} is {found}, the image is {width}x{height}")
         return loaded.astype(np.uint8) if loaded.ndim == 2 else loaded[..., 0].astype(np.uint8)
     if recipe.kind == "panoptic":
         if recipe.png is None:

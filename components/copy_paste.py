@@ -57,17 +57,25 @@ def cut_object(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def fit_background(
-    image: np.ndarray, labels: np.ndarray, size: int, hflip_prob: float, seed: int
+    image: np.ndarray, labels: np.ndarray, size: int, hflip_prob: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Resize the short side to `size`, random-crop a square, maybe flip; labels follow (nearest)."""
-    import albumentations as A  # imported on use: at import it may ask a package index for updates
+    """Resize the short side to `size`, random-crop a square, maybe flip; labels follow (nearest).
 
-    transform = A.Compose(
-        [A.SmallestMaxSize(max_size=size), A.RandomCrop(size, size), A.HorizontalFlip(p=hflip_prob)],
-        seed=seed,
-    )
-    out = transform(image=image, mask=labels)
-    return out["image"], out["mask"]
+    Plain OpenCV on purpose: albumentations would do the same, but importing it loads torch (~5 s and
+    ~300 MB per worker process) for three lines of geometry; augmentation at training time is its job.
+    """
+    height, width = labels.shape
+    scale = size / min(height, width)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    if (new_h, new_w) != (height, width):
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        image = cv2.resize(image, (new_w, new_h), interpolation=interp)
+        labels = cv2.resize(labels, (new_w, new_h), interpolation=cv2.INTER_NEAREST)
+    y0, x0 = int(rng.integers(new_h - size + 1)), int(rng.integers(new_w - size + 1))
+    image, labels = image[y0 : y0 + size, x0 : x0 + size], labels[y0 : y0 + size, x0 : x0 + size]
+    if rng.uniform() < hflip_prob:
+        image, labels = image[:, ::-1], labels[:, ::-1]
+    return np.ascontiguousarray(image), np.ascontiguousarray(labels)
 
 
 def _placement_scale(obj_mask: np.ndarray, target_ratio: float, config: PasteConfig) -> float:

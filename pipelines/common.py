@@ -84,7 +84,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
 def process_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
     """A pool of `workers` processes, or None for one worker (work then runs inline, easy to debug).
 
-    Workers are forked, so modules the parent imported (OpenCV, albumentations) are not imported again.
+    Workers are forked, so modules the parent imported (OpenCV, pycocotools) are not imported again.
     """
     if workers == 1:
         yield None

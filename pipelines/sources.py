@@ -85,7 +85,8 @@ def prepare_sources(
     if too_large:
         raise DatasetError(f"category ids must be in 1..255 to fit uint8 label maps, got {too_large[:5]}")
 
-    sources = Sources({s: [] for s in SPLITS}, {s: [] for s in SPLITS}, sorted(categories.values(), key=lambda c: c["id"]), target_ids)
+    all_categories = sorted(categories.values(), key=lambda c: c["id"])
+    sources = Sources({s: [] for s in SPLITS}, {s: [] for s in SPLITS}, all_categories, target_ids)
 
     def skip(reason: str, example: str) -> None:
         sources.skipped[reason] += 1
@@ -105,7 +106,8 @@ def prepare_sources(
     if n_images == 0 or missing > max_bad_fraction * n_images:
         raise DatasetError(
             f"{missing} of {n_images} images listed in {root / dataset.instances} are missing from {images_dir} "
-            f"(allowed: synthesize.max_bad_fraction={max_bad_fraction}); e.g. {sources.examples.get('image file missing', [])}"
+            f"(allowed: synthesize.max_bad_fraction={max_bad_fraction}); "
+            f"e.g. {sources.examples.get('image file missing', [])}"
         )
     owner = _split_ids(sorted(present), fractions, rng)
     for image_id in sorted(present):
@@ -124,7 +126,8 @@ def prepare_sources(
         image = present.get(ann.get("image_id"))
         if image is None:
             bad += 1
-            skip("annotation on a missing image" if ann.get("image_id") in instances.imgs else "unknown image_id", label)
+            known = ann.get("image_id") in instances.imgs
+            skip("annotation on a missing image" if known else "unknown image_id", label)
             continue
         problem = annotation_problem(ann, image)
         if problem is not None:
@@ -145,7 +148,8 @@ def prepare_sources(
                          area, float(max(mask_utils.toBbox(rle)[2:])))
         )
     if target_anns and bad > max_bad_fraction * len(target_anns):
-        reasons = {r: sources.examples[r] for r in sources.skipped if r.startswith(("malformed", "annotation on", "unknown"))}
+        bad_kinds = ("malformed", "annotation on", "unknown")
+        reasons = {r: sources.examples[r] for r in sources.skipped if r.startswith(bad_kinds)}
         raise DatasetError(
             f"{bad} of {len(target_anns)} target annotations are unusable "
             f"(allowed: synthesize.max_bad_fraction={max_bad_fraction}): {reasons}"

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from components.buckets import bucket_labels, bucket_of
+from components.buckets import bucket_of
 from components.coco import DatasetError, SegmentationRecipe, decode_annotation, render_label_map
 from components.copy_paste import PasteConfig, cut_object, fit_background, paste
 from pipelines.common import bounded_map
@@ -154,7 +154,7 @@ def render_pair(spec: PairSpec, settings: RenderSettings) -> dict:
         bg_labels = render_label_map(bg.recipe, bg.height, bg.width)
     except DatasetError as err:
         return {"dropped": str(err)}
-    bg_image, bg_labels = fit_background(bg_image, bg_labels, settings.paste.size, settings.hflip_prob, spec.seed)
+    bg_image, bg_labels = fit_background(bg_image, bg_labels, settings.paste.size, settings.hflip_prob, rng)
     # 3. paste and blend
     pasted = paste(bg_image, obj, obj_mask, spec.target_ratio, spec.mode, settings.paste, rng)
     if pasted is None:

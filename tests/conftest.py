@@ -14,8 +14,8 @@ import yaml
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations must not look for updates
 
-from components.coco import encode_rle, encode_uncompressed_rle, mask_to_polygons  # noqa: E402
-from pipelines.params import Params, parse_params  # noqa: E402
+from components.coco import encode_rle, encode_uncompressed_rle, mask_to_polygons
+from pipelines.params import Params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 STUFF_IDS = {"sky": 101, "ground": 102}
@@ -68,7 +68,7 @@ def write_tiny_coco(root: Path, n_images: int = 20, size: tuple[int, int] = (48,
         images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
         segments_png = np.zeros((height, width), np.int64)
         segments_info = []
-        for name, stuff_id in STUFF_IDS.items():
+        for _name, stuff_id in STUFF_IDS.items():
             region = labels == stuff_id
             stuff.append({"id": len(stuff) + 1, "image_id": image_id, "category_id": stuff_id,
                           "segmentation": encode_rle(region), "area": int(region.sum()), "iscrowd": 0,

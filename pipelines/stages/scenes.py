@@ -102,7 +102,8 @@ def run(params: Params) -> dict:
             for target, anns in ((things, image_things), (stuff, image_stuff)):
                 start = len(target) + 1
                 target += [{"id": start + k, "image_id": image["id"], **ann} for k, ann in enumerate(anns)]
-        info = {"description": "built-in synthetic scenes", "params_hash": params_hash(cfg), "git_revision": git_revision()}
+        info = {"description": "built-in synthetic scenes", "params_hash": params_hash(cfg),
+                "git_revision": git_revision()}
         thing_cats = [c for c in categories if c["isthing"]]
         stuff_cats = [c for c in categories if not c["isthing"]]
         write_json(tmp / "annotations" / "instances.json",

@@ -58,8 +58,6 @@ def run(params: Params) -> dict:
     )
     summary: dict = {"pairs": {}, "buckets": {}, "blend": {}, "dropped_pairs": {}}
     out = Path(params.paths.pairs)
-    import albumentations  # noqa: F401  (loaded once here, so forked workers inherit it: ~5 s each otherwise)
-
     with atomic_dir(out) as tmp, process_pool(cfg.workers) as pool:
         for split, seed in zip(SPLITS, plan_seeds):
             specs = plan_pairs(split, counts[split], sources.objects[split], sources.images[split], edges,

@@ -119,11 +119,13 @@ def test_label_map_sources_agree(tiny_coco):
     """stuff json + instances, panoptic PNG and label-map PNG describe the same image."""
     instances = load_coco(tiny_coco / "annotations" / "instances.json")
     stuff = load_coco(tiny_coco / "annotations" / "stuff.json")
-    panoptic = {e["image_id"]: e for e in json.loads((tiny_coco / "annotations" / "panoptic.json").read_text())["annotations"]}
+    panoptic_json = json.loads((tiny_coco / "annotations" / "panoptic.json").read_text())
+    panoptic = {e["image_id"]: e for e in panoptic_json["annotations"]}
     image = instances.imgs[4]  # RLE person + uncompressed-RLE crowd: exact
     maps = {}
     for kind in ("stuff", "panoptic", "label_maps", "instances"):
-        recipe = segmentation_recipe(image, instances, kind, stuff, panoptic, tiny_coco / "panoptic", tiny_coco / "labels")
+        recipe = segmentation_recipe(image, instances, kind, stuff, panoptic,
+                                     tiny_coco / "panoptic", tiny_coco / "labels")
         maps[kind] = render_label_map(recipe, image["height"], image["width"])
     truth = cv2.imread(str(tiny_coco / "labels" / "000000000004.png"), cv2.IMREAD_UNCHANGED)
     assert set(np.unique(truth)) >= {1, 101, 102}

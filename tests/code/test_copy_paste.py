@@ -7,7 +7,7 @@ import pytest
 
 from components.buckets import bucket_labels, bucket_of
 from components.coco import mask_bbox
-from components.copy_paste import BLEND_MODES, PasteConfig, blend, cut_object, paste
+from components.copy_paste import BLEND_MODES, PasteConfig, blend, cut_object, fit_background, paste
 
 SIZE = 64
 CONFIG = PasteConfig(size=SIZE, min_mask_ratio=0.005, max_mask_ratio=0.4, max_upscale=4.0, max_outside=0.3,
@@ -117,6 +117,20 @@ def test_paste_is_deterministic(scene):
 def test_unknown_mode_is_rejected(scene):
     with pytest.raises(ValueError, match="unknown blending mode 'cubist'"):
         _hard(*scene, "cubist")
+
+
+def test_fit_background_keeps_labels_aligned():
+    labels = (np.arange(64 * 90) % 251).astype(np.uint8).reshape(64, 90)
+    image = np.stack([labels, labels // 2, 255 - labels], -1)
+    flips = 0
+    for seed in range(8):
+        out, out_labels = fit_background(image, labels, 64, 0.5, np.random.default_rng(seed))
+        assert out.shape == (64, 64, 3) and out_labels.shape == (64, 64)
+        assert np.array_equal(out[..., 0], out_labels)  # same crop, same flip
+        flips += bool(out_labels[0, 0] > out_labels[0, 1])
+    assert 0 < flips < 8
+    big, big_labels = fit_background(image, labels, 32, 0.0, np.random.default_rng(0))
+    assert big.shape == (32, 32, 3) and set(np.unique(big_labels)) <= set(np.unique(labels))
 
 
 def test_buckets():

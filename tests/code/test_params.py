@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+from pydantic import ValidationError
 
 from pipelines.params import ParamsError, load_params, parse_params
 from tests.conftest import REPO, repo_params_raw
@@ -58,7 +59,7 @@ def test_segmentation_source_needs_its_file():
 
 def test_params_are_frozen():
     params = load_params(REPO / "params.yaml")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         params.synthesize.seed = 3  # type: ignore[misc]
 
 
