@@ -90,7 +90,11 @@ def annotation_problem(ann: dict, image: dict) -> str | None:
         for poly in seg:
             if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
                 return "polygon with fewer than 3 points or an odd number of coordinates"
-            if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in poly):
+            try:
+                coords = np.asarray(poly, dtype=np.float64)
+            except (TypeError, ValueError):
+                return "polygon with non-numeric coordinates"
+            if coords.ndim != 1 or not np.isfinite(coords).all():
                 return "polygon with non-numeric coordinates"
         return None
     if isinstance(seg, dict):
@@ -167,7 +171,6 @@ def segmentation_recipe(
         layers += [Layer(a["category_id"], a["segmentation"]) for a in stuff.imgToAnns.get(image_id, [])]
     things = sorted(instances.imgToAnns.get(image_id, []), key=lambda a: -float(a.get("area", 0)))
     layers += [Layer(a["category_id"], a["segmentation"]) for a in things]
-    layers = [layer for layer in layers if annotation_problem({"segmentation": layer.segmentation}, image) is None]
     return SegmentationRecipe(kind, layers=tuple(layers))
 
 
@@ -193,8 +196,10 @@ def render_label_map(recipe: SegmentationRecipe, height: int, width: int) -> np.
         for segment_id, category_id in recipe.segments:
             labels[segment_ids == segment_id] = category_id
         return labels
-    for layer in recipe.layers:
-        labels[decode_annotation(layer.segmentation, height, width)] = layer.category_id
+    image = {"height": height, "width": width}
+    for layer in recipe.layers:  # a malformed region is left out (the target annotations are checked earlier)
+        if annotation_problem({"segmentation": layer.segmentation}, image) is None:
+            labels[decode_annotation(layer.segmentation, height, width)] = layer.category_id
     return labels
 
 

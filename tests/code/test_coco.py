@@ -11,6 +11,8 @@ from pycocotools import mask as mask_utils
 
 from components.coco import (
     DatasetError,
+    Layer,
+    SegmentationRecipe,
     annotation_problem,
     category_ids,
     decode_annotation,
@@ -141,3 +143,12 @@ def test_missing_label_map_is_named(tiny_coco):
     recipe = segmentation_recipe(image, instances, "label_maps", label_dir=tiny_coco / "labels")
     with pytest.raises(DatasetError, match="label map not found or unreadable: .*ghost.png"):
         render_label_map(recipe, image["height"], image["width"])
+
+
+def test_malformed_background_regions_are_left_out():
+    recipe = SegmentationRecipe("stuff", layers=(
+        Layer(101, encode_rle(np.ones((8, 8), bool))),
+        Layer(7, [[1, 2, 3]]),  # broken polygon: skipped, not fatal
+        Layer(1, {"size": [4, 4], "counts": "0"}),  # RLE of the wrong size: skipped
+    ))
+    assert (render_label_map(recipe, 8, 8) == 101).all()
