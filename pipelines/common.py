@@ -25,6 +25,7 @@ R = TypeVar("R")
 
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints its own lines already
     # albumentations asks a package index for updates at import unless told not to; stages run offline.
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 

@@ -26,6 +26,8 @@ class Section(BaseModel):
 class Paths(Section):
     scenes: str  # the built-in COCO-format dataset (stage `scenes`)
     pairs: str  # synthesized training pairs (stage `synthesize`)
+    segmenter: str  # pretrained segmenter checkpoints (stage `pretrain_segmenter`)
+    inpainter: str  # pretrained inpainter checkpoints (stage `pretrain_inpainter`)
     reports: str  # DVC metrics and plots
 
 
@@ -126,6 +128,82 @@ class SynthesizeParams(Section):
         return value
 
 
+class SegmenterNet(Section):
+    width: PositiveInt  # channels of the first U-Net level (doubles per level)
+    depth: PositiveInt  # number of downsamplings; image sizes must be multiples of 2**depth
+
+
+class InpainterNet(Section):
+    width: PositiveInt  # EdgeConnect: 64
+    residual_blocks: PositiveInt  # EdgeConnect: 8
+    dilation: PositiveInt  # EdgeConnect: 2
+    discriminator_width: PositiveInt  # EdgeConnect: 64
+
+
+class NetworksParams(Section):
+    """Shared by pretraining and joint fine-tuning, so checkpoints fit each other."""
+
+    image_size: Annotated[int, Field(ge=16, le=2048, multiple_of=8)]  # working resolution of the networks
+    segmenter: SegmenterNet
+    inpainter: InpainterNet
+
+
+class TrainerParams(Section):
+    """Lightning Trainer settings shared by the training stages: CPU fp32 by default."""
+
+    accelerator: Literal["cpu", "gpu", "cuda", "auto"]
+    devices: PositiveInt
+    num_nodes: PositiveInt
+    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"]
+    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"]
+    num_workers: Annotated[int, Field(ge=0)]
+    limit_train_batches: Annotated[float, Field(gt=0)]  # <= 1.0: share of an epoch; > 1: that many batches
+    log_every_n_steps: PositiveInt
+
+
+class PretrainSegmenterParams(Section):
+    seed: Seed
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    lr: Annotated[float, Field(gt=0)]
+    weight_decay: Annotated[float, Field(ge=0)]
+
+
+class InpainterLossWeights(Section):
+    edge_adv: Annotated[float, Field(ge=0)]  # lambda_EG
+    edge_fm: Annotated[float, Field(ge=0)]  # lambda_EF
+    seg_adv: Annotated[float, Field(ge=0)]  # lambda_SG
+    seg_ce: Annotated[float, Field(ge=0)]  # lambda_SC
+    image_adv: Annotated[float, Field(ge=0)]  # lambda_IG
+    image_perceptual: Annotated[float, Field(ge=0)]  # lambda_IF
+    image_style: Annotated[float, Field(ge=0)]  # lambda_IS
+    image_l1: Annotated[float, Field(ge=0)]  # lambda_IR
+    known_weight: Annotated[float, Field(ge=0)]  # L1/CE weight outside the hole (hole = 1)
+
+
+class PretrainInpainterParams(Section):
+    seed: Seed
+    epochs: PositiveInt
+    random_mask_epochs: Annotated[int, Field(ge=0)]  # first epochs on free-form masks (paper Tables II/III)
+    batch_size: PositiveInt
+    lr: Annotated[float, Field(gt=0)]
+    d_lr_ratio: Annotated[float, Field(gt=0)]  # discriminator lr = d_lr_ratio x generator lr
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]]
+    losses: InpainterLossWeights
+    features: Literal["discriminator", "vgg19"]  # activations for the perceptual and style losses
+    vgg19_weights: str | None  # local torchvision VGG-19 state dict, when features: vgg19
+    image_inputs: Literal["predicted", "ground_truth"]  # maps the image inpainter is trained on
+    canny_sigma: Annotated[float, Field(ge=0)]
+
+    @model_validator(mode="after")
+    def _vgg_file(self) -> PretrainInpainterParams:
+        if self.features == "vgg19" and not self.vgg19_weights:
+            raise ValueError("features 'vgg19' needs vgg19_weights: a local VGG-19 weights file")
+        if self.random_mask_epochs > self.epochs:
+            raise ValueError(f"random_mask_epochs ({self.random_mask_epochs}) > epochs ({self.epochs})")
+        return self
+
+
 class Params(Section):
     seed: Seed  # the pipeline's base seed; each stage mixes in its own `seed`
     mask_ratio_buckets: Annotated[list[Fraction], Field(min_length=2)]
@@ -133,6 +211,10 @@ class Params(Section):
     scenes: ScenesParams
     dataset: DatasetParams
     synthesize: SynthesizeParams
+    networks: NetworksParams
+    trainer: TrainerParams
+    pretrain_segmenter: PretrainSegmenterParams
+    pretrain_inpainter: PretrainInpainterParams
 
     @field_validator("mask_ratio_buckets")
     @classmethod

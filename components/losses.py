@@ -1,0 +1,80 @@
+"""The method's losses, one pure function each, weights passed explicitly (DESIGN.md section 2).
+
+- hinge GAN: `hinge_d_loss` (discriminator) and `hinge_g_loss` (generator);
+- `feature_matching_loss`: L1 between the discriminator's activations on real and fake (EdgeConnect);
+- `perceptual_loss` and `style_loss` (L1 between Gram matrices), on any list of activations: the
+  discriminator's by default (the paper), or a VGG-19's (EdgeConnect) when a local weights file is
+  given;
+- `masked_l1`: L1 normalized by the number of masked pixels (the paper's L_IR), with separate weights
+  for the hole and the known region (LaMa's form); `masked_cross_entropy` likewise for the
+  segmentation inpainter;
+- `segmentation_loss`: the segmenter's own L_PS, per-pixel cross entropy.
+
+Reductions: means over the batch; the per-pixel normalizations are stated per function.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """E[max(0, 1 - D(real))] + E[max(0, 1 + D(fake))]."""
+    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+
+def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """-E[D(fake)]."""
+    return -fake_logits.mean()
+
+
+def feature_matching_loss(real_features: list[torch.Tensor], fake_features: list[torch.Tensor]) -> torch.Tensor:
+    """Sum over layers of the mean L1 between fake and (detached) real activations."""
+    return sum(F.l1_loss(fake, real.detach()) for real, fake in zip(real_features, fake_features, strict=True))
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, C), normalized by C * H * W."""
+    b, c, h, w = features.shape
+    flat = features.reshape(b, c, h * w)
+    return flat @ flat.transpose(1, 2) / (c * h * w)
+
+
+def style_loss(a_features: list[torch.Tensor], b_features: list[torch.Tensor]) -> torch.Tensor:
+    """Sum over layers of the mean L1 between Gram matrices."""
+    return sum(F.l1_loss(gram_matrix(a), gram_matrix(b)) for a, b in zip(a_features, b_features, strict=True))
+
+
+def perceptual_loss(
+    a_features: list[torch.Tensor], b_features: list[torch.Tensor], weights: list[float] | None = None
+) -> torch.Tensor:
+    """Weighted sum over layers of the mean L1 between activations (weights default to 1)."""
+    weights = weights or [1.0] * len(a_features)
+    return sum(w * F.l1_loss(a, b) for w, a, b in zip(weights, a_features, b_features, strict=True))
+
+
+def masked_l1(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, weight_missing: float = 1.0, weight_known: float = 0.0
+) -> torch.Tensor:
+    """sum(|pred - target| * w) / (channels * number of masked pixels), w = weight_missing in the hole,
+    weight_known outside. With weight_known=0 this is the mean L1 over masked pixels; with 1 it is
+    EdgeConnect's whole-image L1 divided by the mask's share of the image."""
+    weights = weight_missing * mask + weight_known * (1 - mask)  # (B, 1, H, W)
+    masked_pixels = mask.sum().clamp_min(1.0)
+    return ((pred - target).abs() * weights).sum() / (masked_pixels * pred.shape[1])
+
+
+def masked_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, weight_missing: float = 1.0, weight_known: float = 0.0
+) -> torch.Tensor:
+    """Per-pixel cross entropy (logits (B, K, H, W), target (B, H, W) long), weighted like `masked_l1`
+    and divided by the number of masked pixels."""
+    per_pixel = F.cross_entropy(logits, target, reduction="none")  # (B, H, W)
+    weights = weight_missing * mask[:, 0] + weight_known * (1 - mask[:, 0])
+    return (per_pixel * weights).sum() / mask.sum().clamp_min(1.0)
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L_PS: mean per-pixel cross entropy of the segmenter's logits (B, K, H, W) against (B, H, W)."""
+    return F.cross_entropy(logits, target)

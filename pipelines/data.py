@@ -1,0 +1,166 @@
+"""Training data: the synthesized pairs as tensors, with edges, class indices and augmentation.
+
+Each item is one pair from `data/pairs/<split>` (see the synthesize stage), resized to the training
+resolution, with:
+
+    image       (3, H, W) float [0, 1]   I, the photo with the pasted object
+    background  (3, H, W) float [0, 1]   I_G, the ground truth
+    mask        (1, H, W) float {0, 1}   M_G, 1 = pasted object
+    seg         (H, W) long              segmentation of I, contiguous classes (0 = unlabeled)
+    bg_seg      (H, W) long              segmentation of I_G
+    edges       (1, H, W) float {0, 1}   Canny edges of I (the inpainter's known edges)
+    bg_edges    (1, H, W) float {0, 1}   Canny edges of I_G (the edge inpainter's target)
+
+With `mask_source="random"` the object is ignored: the photo is the background itself and the hole
+a free-form brush mask with a ratio drawn over the evaluation buckets (the paper's random-mask
+pretraining, Tables II and III). Augmentation (albumentations: flip, brightness/contrast) applies the
+same draw to I and I_G and to every mask, so I == I_G outside M_G still holds. Every random draw of
+item i in epoch e comes from the seed (seed, e, i), so an item can be reproduced alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from components.masks import canny_edges, free_form_mask, to_gray
+
+MaskSource = Literal["object", "random"]
+
+
+@dataclass(frozen=True)
+class PairsConfig:
+    root: str  # data/pairs
+    image_size: int
+    class_ids: tuple[int, ...]  # COCO category ids; contiguous class i + 1 is class_ids[i]
+    bucket_edges: tuple[float, ...]
+    canny_sigma: float = 2.0
+    seed: int = 0
+
+
+def read_categories(pairs_root: str | Path) -> list[dict]:
+    """The category list written by the synthesize stage (things and stuff, sorted by id)."""
+    summary = Path(pairs_root) / "summary.json"
+    if not summary.is_file():
+        raise FileNotFoundError(f"no pairs at {pairs_root}: {summary} is missing (run `dvc repro synthesize`)")
+    return json.loads(summary.read_text())["categories"]
+
+
+class PairsDataset(Dataset):
+    def __init__(self, config: PairsConfig, split: str, augment: bool, mask_source: MaskSource = "object"):
+        import albumentations as A  # on use: its import may look for updates unless told not to
+
+        manifest = Path(config.root) / split / "manifest.jsonl"
+        if not manifest.is_file():
+            raise FileNotFoundError(f"manifest not found: {manifest} (run `dvc repro synthesize`)")
+        self.records = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        self.config, self.split, self.augment, self.mask_source = config, split, augment, mask_source
+        self.epoch = 0
+        self.lut = np.zeros(256, np.int64)  # COCO id -> contiguous class
+        for index, category_id in enumerate(config.class_ids):
+            self.lut[category_id] = index + 1
+        self.transform = A.Compose(
+            [A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(0.1, 0.1, p=0.5)],
+            additional_targets={"background": "image", "seg": "mask", "bg_seg": "mask"},
+        )
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _read(self, name: str, color: bool) -> np.ndarray:
+        path = Path(self.config.root) / self.split / name
+        array = cv2.imread(str(path), cv2.IMREAD_COLOR if color else cv2.IMREAD_UNCHANGED)
+        if array is None:
+            raise FileNotFoundError(f"pair file missing or unreadable: {path}")
+        size = self.config.image_size
+        if array.shape[:2] != (size, size):
+            interp = cv2.INTER_AREA if color and array.shape[0] > size else cv2.INTER_NEAREST if not color else cv2.INTER_LINEAR
+            array = cv2.resize(array, (size, size), interpolation=interp)
+        return np.ascontiguousarray(array[..., ::-1]) if color else array
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        record = self.records[index]
+        files = record["files"]
+        rng = np.random.default_rng([self.config.seed, self.epoch, index])
+        background = self._read(files["backgrounds"], color=True)
+        bg_seg = self._read(files["bg_segs"], color=False)
+        if self.mask_source == "random":
+            edges = self.config.bucket_edges
+            bucket = int(rng.integers(len(edges) - 1))
+            lo, hi = max(edges[bucket], 0.01), edges[bucket + 1]
+            image, seg = background.copy(), bg_seg.copy()
+            mask = free_form_mask(rng, self.config.image_size, target_ratio=(lo, hi)).astype(np.uint8)
+        else:
+            image = self._read(files["images"], color=True)
+            seg = self._read(files["segs"], color=False)
+            mask = (self._read(files["masks"], color=False) > 127).astype(np.uint8)
+        if self.augment:
+            self.transform.set_random_seed(int(rng.integers(2**31)))
+            out = self.transform(image=image, background=background, mask=mask, seg=seg, bg_seg=bg_seg)
+            image, background, mask, seg, bg_seg = (out[k] for k in ("image", "background", "mask", "seg", "bg_seg"))
+        sigma = self.config.canny_sigma
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255,
+            "background": torch.from_numpy(np.ascontiguousarray(background)).permute(2, 0, 1).float() / 255,
+            "mask": torch.from_numpy(np.ascontiguousarray(mask)).float()[None],
+            "seg": torch.from_numpy(self.lut[seg]),
+            "bg_seg": torch.from_numpy(self.lut[bg_seg]),
+            "edges": torch.from_numpy(canny_edges(to_gray(np.ascontiguousarray(image)), sigma))[None],
+            "bg_edges": torch.from_numpy(canny_edges(to_gray(np.ascontiguousarray(background)), sigma))[None],
+        }
+
+
+class PairsDataModule(L.LightningDataModule):
+    def __init__(self, config: PairsConfig, batch_size: int, num_workers: int, mask_source: MaskSource = "object"):
+        super().__init__()
+        self.config, self.batch_size, self.num_workers, self.mask_source = config, batch_size, num_workers, mask_source
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_set = PairsDataset(self.config, "train", augment=True, mask_source=self.mask_source)
+        self.val_set = PairsDataset(self.config, "val", augment=False, mask_source=self.mask_source)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.config.seed)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          generator=generator, drop_last=shuffle, persistent_workers=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+
+def pairs_config(pairs_root: str, image_size: int, canny_sigma: float, seed: int) -> tuple[PairsConfig, list[dict], list[int]]:
+    """The dataset config for `pairs_root`, its categories, and the contiguous indices of the target classes."""
+    summary_path = Path(pairs_root) / "summary.json"
+    categories = read_categories(pairs_root)
+    summary = json.loads(summary_path.read_text())
+    class_ids = tuple(c["id"] for c in categories)
+    targets = [class_ids.index(cid) + 1 for cid in summary["target_category_ids"]]
+    config = PairsConfig(pairs_root, image_size, class_ids, tuple(summary["bucket_edges"]), canny_sigma, seed)
+    return config, categories, targets
+
+
+class EpochSetter(L.Callback):
+    """Tells the training set the epoch (its per-item seeds) and, for the first `random_epochs`, to use
+    free-form masks instead of the pasted objects."""
+
+    def __init__(self, random_epochs: int = 0):
+        self.random_epochs = random_epochs
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        dataset = trainer.datamodule.train_set
+        dataset.set_epoch(trainer.current_epoch)
+        dataset.mask_source = "random" if trainer.current_epoch < self.random_epochs else "object"

@@ -1,0 +1,71 @@
+"""python -m pipelines.stages.pretrain_inpainter [--params params.yaml]
+
+Stage `pretrain_inpainter`: the edge, segmentation and image inpainters (EdgeConnect-style, with
+PatchGAN discriminators) on the synthesized pairs' true masks `M_G`, optionally on free-form random
+masks for the first `random_mask_epochs`. Tracked in MLflow. Writes `paths.inpainter/{last,best}.ckpt`
+and `inpainter.json`, `reports/pretrain_inpainter.json` (final val metrics, with the OpenCV Telea
+baseline on the same masks) and `reports/plots/pretrain_inpainter.json`. Resumes from `last.ckpt`
+after a kill when the params are unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import lightning as L
+
+from components.inpainting import InpaintingSizes
+from pipelines.common import setup_logging
+from pipelines.data import EpochSetter, PairsDataModule, pairs_config
+from pipelines.params import Params, ParamsError, load_params
+from pipelines.tracking import lightning_logger, params_hash, start_stage_run
+from pipelines.training.harness import build_trainer, finish, prepare_checkpoints
+from pipelines.training.inpainter_module import InpainterModule, LossWeights, OptimConfig
+
+log = logging.getLogger("pretrain_inpainter")
+STAGE = "pretrain_inpainter"
+
+
+def run(params: Params, experiment: str = "object-removal") -> dict:
+    p, nets, tp = params.pretrain_inpainter, params.networks, params.trainer
+    section = {"pretrain_inpainter": p.model_dump(mode="json"), "networks": nets.model_dump(mode="json"),
+               "trainer": tp.model_dump(mode="json"), "seed": params.seed}
+    L.seed_everything(params.seed + p.seed, workers=True, verbose=False)
+    data_config, categories, _ = pairs_config(params.paths.pairs, nets.image_size, p.canny_sigma, p.seed)
+    n = nets.inpainter
+    sizes = InpaintingSizes(len(categories) + 1, n.width, n.residual_blocks, n.dilation, n.discriminator_width)
+    module = InpainterModule(sizes, LossWeights(**p.losses.model_dump()), OptimConfig(p.lr, p.d_lr_ratio, p.betas),
+                             p.features, p.vgg19_weights, p.image_inputs)
+    data = PairsDataModule(data_config, p.batch_size, tp.num_workers)
+    folder, reports = Path(params.paths.inpainter), Path(params.paths.reports)
+    resume = prepare_checkpoints(folder, section)
+    with start_stage_run(experiment, STAGE, section) as tracked:
+        trainer = build_trainer(tp, p.epochs, folder, "val/psnr_mask", "max", lightning_logger(tracked.run_id),
+                                reports / "plots" / f"{STAGE}.json", [EpochSetter(p.random_mask_epochs)])
+        trainer.fit(module, data, ckpt_path=resume)
+        info = finish(trainer, folder, "inpainter", {**sizes.__dict__}, params_hash(section),
+                      reports / f"{STAGE}.json",
+                      {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],
+                       "image_size": nets.image_size, "canny_sigma": p.canny_sigma, "mlflow_run_id": tracked.run_id})
+    log.info("inpainter: %s", info["metrics"])
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        run(load_params(args.params))
+    except (ParamsError, FileNotFoundError) as err:
+        log.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""python -m pipelines.stages.pretrain_segmenter [--params params.yaml]
+
+Stage `pretrain_segmenter`: the U-Net segmenter on the synthesized pairs with L_PS (cross entropy),
+tracked in MLflow. Writes `paths.segmenter/{last,best}.ckpt` and `segmenter.json` (config, classes,
+metrics, provenance), `reports/pretrain_segmenter.json` (final val metrics) and
+`reports/plots/pretrain_segmenter.json` (per-epoch curves). Re-running after a kill resumes from
+`last.ckpt` when the params are unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import lightning as L
+
+from components.segmenter import SegmenterConfig
+from pipelines.common import setup_logging
+from pipelines.data import EpochSetter, PairsDataModule, pairs_config
+from pipelines.params import Params, ParamsError, load_params
+from pipelines.tracking import lightning_logger, params_hash, start_stage_run
+from pipelines.training.harness import build_trainer, finish, prepare_checkpoints
+from pipelines.training.segmenter_module import SegmenterModule
+
+log = logging.getLogger("pretrain_segmenter")
+STAGE = "pretrain_segmenter"
+
+
+def run(params: Params, experiment: str = "object-removal") -> dict:
+    p, nets, tp = params.pretrain_segmenter, params.networks, params.trainer
+    section = {"pretrain_segmenter": p.model_dump(mode="json"), "networks": nets.model_dump(mode="json"),
+               "trainer": tp.model_dump(mode="json"), "seed": params.seed}
+    L.seed_everything(params.seed + p.seed, workers=True, verbose=False)
+    data_config, categories, targets = pairs_config(params.paths.pairs, nets.image_size, 1.0, p.seed)
+    config = SegmenterConfig(len(categories) + 1, nets.segmenter.width, nets.segmenter.depth)
+    module = SegmenterModule(config, targets, p.lr, p.weight_decay)
+    data = PairsDataModule(data_config, p.batch_size, tp.num_workers)
+    folder, reports = Path(params.paths.segmenter), Path(params.paths.reports)
+    resume = prepare_checkpoints(folder, section)
+    with start_stage_run(experiment, STAGE, section) as tracked:
+        trainer = build_trainer(tp, p.epochs, folder, "val/mask_iou", "max", lightning_logger(tracked.run_id),
+                                reports / "plots" / f"{STAGE}.json", [EpochSetter()])
+        trainer.fit(module, data, ckpt_path=resume)
+        info = finish(trainer, folder, "segmenter", {**config.__dict__}, params_hash(section),
+                      reports / f"{STAGE}.json",
+                      {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)], "target_classes": targets,
+                       "image_size": nets.image_size, "mlflow_run_id": tracked.run_id})
+    log.info("segmenter: %s", info["metrics"])
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        run(load_params(args.params))
+    except (ParamsError, FileNotFoundError) as err:
+        log.error("%s", err)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Lightning step logic for pretraining the segmenter: L_PS, metrics, a sample grid per validation.
+
+Validation reports the pixel accuracy, the IoU of the target classes' pixels, and the quantity the
+method cares about: the IoU with `M_G` of the predicted target-class instance that overlaps `M_G`
+most (the selection rule of end-to-end training).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import lightning as L
+import numpy as np
+import torch
+
+from components.losses import segmentation_loss
+from components.metrics import mask_iou
+from components.segmenter import Segmenter, SegmenterConfig, instances_from_labels
+from pipelines.training.visuals import colorize, grid_image, log_grid
+
+
+def selected_instance_masks(labels: np.ndarray, target_classes: list[int], gt_masks: np.ndarray) -> np.ndarray:
+    """Per image, the predicted target-class component with the largest overlap with `M_G` (else empty).
+
+    labels (B, H, W) int, gt_masks (B, H, W) bool -> (B, H, W) bool.
+    """
+    out = np.zeros_like(gt_masks)
+    for b in range(labels.shape[0]):
+        best = 0
+        for _, component in instances_from_labels(labels[b], target_classes):
+            overlap = int((component & gt_masks[b]).sum())
+            if overlap > best:
+                best, out[b] = overlap, component
+    return out
+
+
+class SegmenterModule(L.LightningModule):
+    def __init__(self, config: SegmenterConfig, target_classes: list[int], lr: float, weight_decay: float):
+        super().__init__()
+        self.save_hyperparameters({"config": asdict(config), "target_classes": target_classes, "lr": lr,
+                                   "weight_decay": weight_decay})
+        self.net = Segmenter(config)
+        self.target_classes = target_classes
+        self._sample: dict | None = None
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        logits = self.net(batch["image"])
+        loss = segmentation_loss(logits, batch["seg"])
+        accuracy = (logits.argmax(1) == batch["seg"]).float().mean()
+        self.log_dict({"train/loss": loss, "train/pixel_acc": accuracy}, on_step=True, on_epoch=True,
+                      batch_size=len(logits), sync_dist=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self.net(batch["image"])
+        labels = logits.argmax(1)
+        target = torch.isin(batch["seg"], torch.tensor(self.target_classes, device=labels.device))
+        predicted = torch.isin(labels, torch.tensor(self.target_classes, device=labels.device))
+        selected = selected_instance_masks(labels.cpu().numpy(), self.target_classes, batch["mask"][:, 0].bool().cpu().numpy())
+        selected = torch.from_numpy(selected).to(labels.device)[:, None].float()
+        metrics = {
+            "val/loss": segmentation_loss(logits, batch["seg"]),
+            "val/pixel_acc": (labels == batch["seg"]).float().mean(),
+            "val/target_iou": mask_iou(predicted[:, None].float(), target[:, None].float()).mean(),
+            "val/mask_iou": mask_iou(selected, batch["mask"]).mean(),
+        }
+        self.log_dict(metrics, on_epoch=True, batch_size=len(logits), sync_dist=True)
+        if batch_idx == 0:
+            self._sample = {"image": batch["image"][:8], "seg": batch["seg"][:8], "pred": labels[:8], "sel": selected[:8]}
+
+    def on_validation_epoch_end(self) -> None:
+        if self._sample is None or self.trainer.sanity_checking:
+            return
+        s, classes = self._sample, self.hparams["config"]["num_classes"]
+        rows = [s["image"], colorize(s["seg"], classes), colorize(s["pred"], classes), s["sel"].expand(-1, 3, -1, -1)]
+        log_grid(self, grid_image(rows), f"samples/segmenter_epoch_{self.current_epoch:03d}.png")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.net.parameters(), lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"])
