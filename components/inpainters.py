@@ -93,7 +93,8 @@ class Generator(nn.Module):
             nn.InstanceNorm2d(4 * w, track_running_stats=False),
             nn.ReLU(True),
         )
-        self.middle = nn.Sequential(*[ResidualBlock(4 * w, config.dilation, use_sn) for _ in range(config.residual_blocks)])
+        blocks = [ResidualBlock(4 * w, config.dilation, use_sn) for _ in range(config.residual_blocks)]
+        self.middle = nn.Sequential(*blocks)
         self.decoder = nn.Sequential(
             up(4 * w, 2 * w),
             nn.InstanceNorm2d(2 * w, track_running_stats=False),

@@ -66,7 +66,8 @@ def masked_l1(
 
 
 def masked_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, weight_missing: float = 1.0, weight_known: float = 0.0
+    logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+    weight_missing: float = 1.0, weight_known: float = 0.0,
 ) -> torch.Tensor:
     """Per-pixel cross entropy (logits (B, K, H, W), target (B, H, W) long), weighted like `masked_l1`
     and divided by the number of masked pixels."""

@@ -62,7 +62,8 @@ class Segmenter(nn.Module):
         skips.pop()
         for block in self.up:
             skip = skips.pop()
-            x = block(torch.cat([F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False), skip], 1))
+            up = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([up, skip], 1))
         return self.head(x)
 
 

@@ -78,23 +78,32 @@ class PairsDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _read(self, name: str, color: bool) -> np.ndarray:
+    def _read(self, name: str, kind: Literal["rgb", "labels", "mask"]) -> np.ndarray:
+        """A pair file at the working resolution. Images are area-/linearly resized; label maps take the
+        nearest label; the mask is resized like the images and kept wherever it has any weight, so it
+        still covers every pixel where the resized I and I_G differ."""
         path = Path(self.config.root) / self.split / name
-        array = cv2.imread(str(path), cv2.IMREAD_COLOR if color else cv2.IMREAD_UNCHANGED)
+        array = cv2.imread(str(path), cv2.IMREAD_COLOR if kind == "rgb" else cv2.IMREAD_UNCHANGED)
         if array is None:
             raise FileNotFoundError(f"pair file missing or unreadable: {path}")
         size = self.config.image_size
+        if kind == "mask":
+            array = (array > 127).astype(np.uint8)
         if array.shape[:2] != (size, size):
-            interp = cv2.INTER_AREA if color and array.shape[0] > size else cv2.INTER_NEAREST if not color else cv2.INTER_LINEAR
-            array = cv2.resize(array, (size, size), interpolation=interp)
-        return np.ascontiguousarray(array[..., ::-1]) if color else array
+            smooth = cv2.INTER_AREA if array.shape[0] > size else cv2.INTER_LINEAR
+            if kind == "mask":
+                array = (cv2.resize(array.astype(np.float32), (size, size), interpolation=smooth) > 0).astype(np.uint8)
+            else:
+                interp = cv2.INTER_NEAREST if kind == "labels" else smooth
+                array = cv2.resize(array, (size, size), interpolation=interp)
+        return np.ascontiguousarray(array[..., ::-1]) if kind == "rgb" else array
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         record = self.records[index]
         files = record["files"]
         rng = np.random.default_rng([self.config.seed, self.epoch, index])
-        background = self._read(files["backgrounds"], color=True)
-        bg_seg = self._read(files["bg_segs"], color=False)
+        background = self._read(files["backgrounds"], "rgb")
+        bg_seg = self._read(files["bg_segs"], "labels")
         if self.mask_source == "random":
             edges = self.config.bucket_edges
             bucket = int(rng.integers(len(edges) - 1))
@@ -102,9 +111,10 @@ class PairsDataset(Dataset):
             image, seg = background.copy(), bg_seg.copy()
             mask = free_form_mask(rng, self.config.image_size, target_ratio=(lo, hi)).astype(np.uint8)
         else:
-            image = self._read(files["images"], color=True)
-            seg = self._read(files["segs"], color=False)
-            mask = (self._read(files["masks"], color=False) > 127).astype(np.uint8)
+            image = self._read(files["images"], "rgb")
+            seg = self._read(files["segs"], "labels")
+            mask = self._read(files["masks"], "mask")
+            seg = np.where(mask > 0, seg, bg_seg)  # resized labels too: S == S_G outside M_G
         if self.augment:
             self.transform.set_random_seed(int(rng.integers(2**31)))
             out = self.transform(image=image, background=background, mask=mask, seg=seg, bg_seg=bg_seg)
@@ -142,7 +152,9 @@ class PairsDataModule(L.LightningDataModule):
         return self._loader(self.val_set, shuffle=False)
 
 
-def pairs_config(pairs_root: str, image_size: int, canny_sigma: float, seed: int) -> tuple[PairsConfig, list[dict], list[int]]:
+def pairs_config(
+    pairs_root: str, image_size: int, canny_sigma: float, seed: int
+) -> tuple[PairsConfig, list[dict], list[int]]:
     """The dataset config for `pairs_root`, its categories, and the contiguous indices of the target classes."""
     summary_path = Path(pairs_root) / "summary.json"
     categories = read_categories(pairs_root)

@@ -113,7 +113,8 @@ def tiny_params_raw(tmp_path: Path, coco_root: Path | None = None) -> dict:
     """The committed params.yaml shrunk to seconds of work, writing under `tmp_path`."""
     raw = repo_params_raw()
     raw["paths"] = {"scenes": str(tmp_path / "scenes"), "pairs": str(tmp_path / "pairs"),
-                    "reports": str(tmp_path / "reports")}
+                    "segmenter": str(tmp_path / "models" / "segmenter"),
+                    "inpainter": str(tmp_path / "models" / "inpainter"), "reports": str(tmp_path / "reports")}
     raw["scenes"].update(num_images=40, size=64, workers=1)
     raw["synthesize"].update(image_size=48, pairs={"train": 16, "val": 4, "test": 4}, workers=1,
                              min_object_area=40)

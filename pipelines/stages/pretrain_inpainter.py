@@ -21,8 +21,8 @@ from components.inpainting import InpaintingSizes
 from pipelines.common import setup_logging
 from pipelines.data import EpochSetter, PairsDataModule, pairs_config
 from pipelines.params import Params, ParamsError, load_params
-from pipelines.tracking import lightning_logger, params_hash, start_stage_run
-from pipelines.training.harness import build_trainer, finish, prepare_checkpoints
+from pipelines.tracking import params_hash
+from pipelines.training.harness import build_trainer, finish, prepare_checkpoints, tracked
 from pipelines.training.inpainter_module import InpainterModule, LossWeights, OptimConfig
 
 log = logging.getLogger("pretrain_inpainter")
@@ -41,15 +41,15 @@ def run(params: Params, experiment: str = "object-removal") -> dict:
                              p.features, p.vgg19_weights, p.image_inputs)
     data = PairsDataModule(data_config, p.batch_size, tp.num_workers)
     folder, reports = Path(params.paths.inpainter), Path(params.paths.reports)
-    resume = prepare_checkpoints(folder, section)
-    with start_stage_run(experiment, STAGE, section) as tracked:
-        trainer = build_trainer(tp, p.epochs, folder, "val/psnr_mask", "max", lightning_logger(tracked.run_id),
+    resume = prepare_checkpoints(folder, {**section, STAGE: {**section[STAGE], "epochs": None}})
+    with tracked(experiment, STAGE, section) as (logger, run_id):
+        trainer = build_trainer(tp, p.epochs, folder, "val/psnr_mask", "max", logger,
                                 reports / "plots" / f"{STAGE}.json", [EpochSetter(p.random_mask_epochs)])
         trainer.fit(module, data, ckpt_path=resume)
         info = finish(trainer, folder, "inpainter", {**sizes.__dict__}, params_hash(section),
                       reports / f"{STAGE}.json",
                       {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],
-                       "image_size": nets.image_size, "canny_sigma": p.canny_sigma, "mlflow_run_id": tracked.run_id})
+                       "image_size": nets.image_size, "canny_sigma": p.canny_sigma, "mlflow_run_id": run_id})
     log.info("inpainter: %s", info["metrics"])
     return info
 

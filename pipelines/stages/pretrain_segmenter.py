@@ -20,8 +20,8 @@ from components.segmenter import SegmenterConfig
 from pipelines.common import setup_logging
 from pipelines.data import EpochSetter, PairsDataModule, pairs_config
 from pipelines.params import Params, ParamsError, load_params
-from pipelines.tracking import lightning_logger, params_hash, start_stage_run
-from pipelines.training.harness import build_trainer, finish, prepare_checkpoints
+from pipelines.tracking import params_hash
+from pipelines.training.harness import build_trainer, finish, prepare_checkpoints, tracked
 from pipelines.training.segmenter_module import SegmenterModule
 
 log = logging.getLogger("pretrain_segmenter")
@@ -38,15 +38,15 @@ def run(params: Params, experiment: str = "object-removal") -> dict:
     module = SegmenterModule(config, targets, p.lr, p.weight_decay)
     data = PairsDataModule(data_config, p.batch_size, tp.num_workers)
     folder, reports = Path(params.paths.segmenter), Path(params.paths.reports)
-    resume = prepare_checkpoints(folder, section)
-    with start_stage_run(experiment, STAGE, section) as tracked:
-        trainer = build_trainer(tp, p.epochs, folder, "val/mask_iou", "max", lightning_logger(tracked.run_id),
+    resume = prepare_checkpoints(folder, {**section, STAGE: {**section[STAGE], "epochs": None}})
+    with tracked(experiment, STAGE, section) as (logger, run_id):
+        trainer = build_trainer(tp, p.epochs, folder, "val/mask_iou", "max", logger,
                                 reports / "plots" / f"{STAGE}.json", [EpochSetter()])
         trainer.fit(module, data, ckpt_path=resume)
         info = finish(trainer, folder, "segmenter", {**config.__dict__}, params_hash(section),
                       reports / f"{STAGE}.json",
                       {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)], "target_classes": targets,
-                       "image_size": nets.image_size, "mlflow_run_id": tracked.run_id})
+                       "image_size": nets.image_size, "mlflow_run_id": run_id})
     log.info("segmenter: %s", info["metrics"])
     return info
 

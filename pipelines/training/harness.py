@@ -8,8 +8,11 @@ than resumed.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,31 +21,62 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from pipelines.common import git_revision, write_json
 from pipelines.params import TrainerParams
+from pipelines.tracking import lightning_logger, start_stage_run
 
 FINGERPRINT = "fingerprint.json"
 
 
+def is_launcher_rank_zero() -> bool:
+    """True in the process that started the stage. Under DDP, Lightning re-runs the stage's command for
+    the other local ranks (and other nodes run it too); those must not touch outputs or MLflow runs."""
+    return all(int(os.environ.get(var, "0")) == 0 for var in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
 def prepare_checkpoints(folder: Path, fingerprint: dict[str, Any]) -> str | None:
     """'last' checkpoint path to resume from when `folder` holds one made with the same fingerprint,
-    else None after clearing the folder."""
+    else None after clearing the folder (on the launching rank only). The fingerprint leaves out the
+    number of epochs: training a finished run for longer resumes it too."""
     stamp = folder / FINGERPRINT
     last = folder / "last.ckpt"
     if last.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == fingerprint:
         return str(last)
+    if not is_launcher_rank_zero():
+        return None
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     write_json(stamp, fingerprint)
     return None
 
 
+@contextlib.contextmanager
+def tracked(experiment: str, stage: str, section: dict[str, Any]) -> Iterator[tuple[Any, str | None]]:
+    """(Lightning logger, MLflow run id) for the stage: a real run on the launching rank, none elsewhere."""
+    if not is_launcher_rank_zero():
+        yield False, None
+        return
+    with start_stage_run(experiment, stage, section) as run:
+        yield lightning_logger(run.run_id), run.run_id
+
+
+class StartStep(Callback):
+    """Remembers the global step at which fitting started (> 0 after a resume)."""
+
+    def __init__(self):
+        self.step: int | None = None
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.step = trainer.global_step
+
+
 class EpochMetricsFile(Callback):
-    """After each validation, append the epoch's train and val metrics to a JSON list (DVC plots)."""
+    """At each epoch's end (after its validation), append the epoch's train and val metrics to a JSON
+    list that `dvc plots` draws."""
 
     def __init__(self, path: Path):
         self.path = path
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.global_rank != 0:
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.global_rank != 0:
             return
         rows = json.loads(self.path.read_text()) if self.path.is_file() else []
         rows = [r for r in rows if r["epoch"] < trainer.current_epoch]  # a resumed epoch is rewritten
@@ -64,7 +98,7 @@ def build_trainer(
         accelerator=params.accelerator, devices=params.devices, num_nodes=params.num_nodes,
         strategy=params.strategy, precision=params.precision, max_epochs=max_epochs,
         limit_train_batches=int(limit) if limit > 1 else limit, log_every_n_steps=params.log_every_n_steps,
-        logger=logger, callbacks=[checkpoint, EpochMetricsFile(plots), *(extra_callbacks or [])],
+        logger=logger, callbacks=[checkpoint, EpochMetricsFile(plots), StartStep(), *(extra_callbacks or [])],
         enable_progress_bar=True, enable_model_summary=False, default_root_dir=str(folder),
     )
 
@@ -76,7 +110,9 @@ def finish(
     metrics = {k.replace("/", "_"): round(float(v), 6) for k, v in trainer.callback_metrics.items()
                if k.startswith("val/")}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    info = {"config": config, "epoch": trainer.current_epoch, "step": trainer.global_step, "metrics": metrics,
+    started = next((c.step for c in trainer.callbacks if isinstance(c, StartStep)), None)
+    info = {"config": config, "epoch": trainer.current_epoch, "step": trainer.global_step, "started_at_step": started,
+            "metrics": metrics,
             "best_checkpoint": Path(best).name if best else None, "params_hash": params_hash,
             "git_revision": git_revision(), **extra}
     if trainer.global_rank == 0:

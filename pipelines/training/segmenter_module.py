@@ -59,7 +59,8 @@ class SegmenterModule(L.LightningModule):
         labels = logits.argmax(1)
         target = torch.isin(batch["seg"], torch.tensor(self.target_classes, device=labels.device))
         predicted = torch.isin(labels, torch.tensor(self.target_classes, device=labels.device))
-        selected = selected_instance_masks(labels.cpu().numpy(), self.target_classes, batch["mask"][:, 0].bool().cpu().numpy())
+        gt_masks = batch["mask"][:, 0].bool().cpu().numpy()
+        selected = selected_instance_masks(labels.cpu().numpy(), self.target_classes, gt_masks)
         selected = torch.from_numpy(selected).to(labels.device)[:, None].float()
         metrics = {
             "val/loss": segmentation_loss(logits, batch["seg"]),
@@ -69,7 +70,8 @@ class SegmenterModule(L.LightningModule):
         }
         self.log_dict(metrics, on_epoch=True, batch_size=len(logits), sync_dist=True)
         if batch_idx == 0:
-            self._sample = {"image": batch["image"][:8], "seg": batch["seg"][:8], "pred": labels[:8], "sel": selected[:8]}
+            self._sample = {"image": batch["image"][:8], "seg": batch["seg"][:8], "pred": labels[:8],
+                            "sel": selected[:8]}
 
     def on_validation_epoch_end(self) -> None:
         if self._sample is None or self.trainer.sanity_checking:
@@ -79,4 +81,5 @@ class SegmenterModule(L.LightningModule):
         log_grid(self, grid_image(rows), f"samples/segmenter_epoch_{self.current_epoch:03d}.png")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.net.parameters(), lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"])
+        hp = self.hparams
+        return torch.optim.AdamW(self.net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])

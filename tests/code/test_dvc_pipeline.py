@@ -27,7 +27,8 @@ def _sh(repo: Path, *args: str) -> str:
 def repo(tmp_path_factory) -> Path:
     repo = copy_repo(tmp_path_factory.mktemp("dvc") / "repo")
     raw = tiny_params_raw(Path("unused"))
-    raw["paths"] = {"scenes": "data/scenes", "pairs": "data/pairs", "reports": "reports"}
+    raw["paths"] = {"scenes": "data/scenes", "pairs": "data/pairs", "segmenter": "models/segmenter",
+                    "inpainter": "models/inpainter", "reports": "reports"}
     raw["dataset"]["root"] = "data/scenes"
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     if not (repo / ".git").exists():
@@ -44,7 +45,7 @@ def test_repro_then_status_clean_then_nothing_to_do(repo):
     assert summary["pairs"] == {"train": 16, "val": 4, "test": 4}
     metrics = json.loads((repo / "reports" / "synthesize.json").read_text())
     assert metrics["pairs"]["train"] == 16
-    assert "up to date" in _sh(repo, "dvc", "status")
+    assert "up to date" in _sh(repo, "dvc", "status", "synthesize")
     again = _sh(repo, "dvc", "repro", "synthesize")
     assert "Running stage" not in again and "didn't change, skipping" in again
     assert "/pairs" in (repo / "data" / ".gitignore").read_text()  # an output of DVC, not of git
@@ -55,7 +56,7 @@ def test_exp_run_with_another_seed_changes_the_data(repo):
     _sh(repo, "git", "add", "-A")
     _sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock", "--allow-empty")
     before = (repo / "data" / "pairs" / "train" / "manifest.jsonl").read_text()
-    out = _sh(repo, "dvc", "exp", "run", "-S", "synthesize.seed=7")
+    out = _sh(repo, "dvc", "exp", "run", "-S", "synthesize.seed=7", "synthesize")
     assert "Running stage 'synthesize'" in out and "Running stage 'scenes'" not in out
     after = (repo / "data" / "pairs" / "train" / "manifest.jsonl").read_text()
     assert after != before

@@ -1,0 +1,57 @@
+"""The training dataset: tensors, class mapping, augmentation that keeps I == I_G outside M_G."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipelines.data import PairsDataset, pairs_config
+from pipelines.params import parse_params
+from pipelines.stages import synthesize
+from tests.conftest import tiny_params_raw
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    from tests.conftest import write_tiny_coco
+
+    tmp = tmp_path_factory.mktemp("data")
+    root = write_tiny_coco(tmp / "coco")
+    synthesize.run(parse_params(tiny_params_raw(tmp, root)))
+    return str(tmp / "pairs")
+
+
+def test_items(pairs):
+    config, categories, targets = pairs_config(pairs, 32, 1.0, seed=3)
+    assert [c["id"] for c in categories] == [1, 2, 101, 102] and targets == [1]
+    dataset = PairsDataset(config, "train", augment=True)
+    for index in range(len(dataset)):
+        item = dataset[index]
+        assert item["image"].shape == item["background"].shape == (3, 32, 32)
+        assert item["mask"].shape == item["edges"].shape == (1, 32, 32)
+        assert item["seg"].dtype == torch.long and int(item["seg"].max()) <= len(categories)
+        outside = item["mask"][0] == 0
+        assert torch.equal(item["image"][:, outside], item["background"][:, outside])
+        assert torch.equal(item["seg"][outside], item["bg_seg"][outside])
+        assert set(torch.unique(item["edges"]).tolist()) <= {0.0, 1.0}
+    again = PairsDataset(config, "train", augment=True)
+    assert all(torch.equal(again[5][k], dataset[5][k]) for k in dataset[5])  # (seed, epoch, index) fixes the draw
+    epoch0 = [dataset[i]["image"] for i in range(len(dataset))]
+    dataset.set_epoch(1)
+    assert any(not torch.equal(dataset[i]["image"], epoch0[i]) for i in range(len(dataset)))
+
+
+def test_random_masks_replace_the_object(pairs):
+    config, _, _ = pairs_config(pairs, 32, 1.0, seed=0)
+    dataset = PairsDataset(config, "train", augment=False, mask_source="random")
+    ratios = []
+    for index in range(len(dataset)):
+        item = dataset[index]
+        assert torch.equal(item["image"], item["background"])  # no object: the photo is the background
+        ratios.append(item["mask"].mean().item())
+    assert min(ratios) > 0 and max(ratios) < 0.4 and max(ratios) > 0.2
+
+
+def test_missing_pairs_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run `dvc repro synthesize`"):
+        pairs_config(str(tmp_path / "none"), 32, 1.0, 0)

@@ -1,0 +1,76 @@
+"""Each loss on hand-made inputs with known answers; the VGG-19 loader on a local file."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from components import losses
+from components.vgg import PERCEPTUAL_LAYERS, VGG19Features, load_vgg19
+
+
+def test_hinge_terms_on_known_logits():
+    real = torch.tensor([2.0, 0.5, -1.0])  # relu(1 - x): 0, 0.5, 2 -> mean 2.5 / 3
+    fake = torch.tensor([-2.0, 0.0, 1.0])  # relu(1 + x): 0, 1, 2 -> mean 1
+    assert losses.hinge_d_loss(real, fake).item() == pytest.approx(2.5 / 3 + 1.0)
+    assert losses.hinge_g_loss(fake).item() == pytest.approx(1.0 / 3)
+
+
+def test_feature_matching_and_perceptual():
+    a = [torch.zeros(1, 2, 4, 4), torch.ones(1, 3, 2, 2)]
+    b = [torch.ones(1, 2, 4, 4), torch.ones(1, 3, 2, 2) * 3]
+    assert losses.feature_matching_loss(a, b).item() == pytest.approx(1.0 + 2.0)
+    assert losses.perceptual_loss(a, b, [0.5, 2.0]).item() == pytest.approx(0.5 * 1.0 + 2.0 * 2.0)
+    assert losses.feature_matching_loss(a, a).item() == 0.0
+
+
+def test_gram_and_style():
+    f = torch.arange(8.0).reshape(1, 2, 2, 2)
+    gram = losses.gram_matrix(f)
+    flat = f.reshape(2, 4)
+    assert torch.allclose(gram[0], flat @ flat.T / 8)
+    feats = [torch.randn(2, 3, 5, 5), torch.randn(2, 4, 3, 3)]
+    assert losses.style_loss(feats, [x.clone() for x in feats]).item() == 0.0
+    assert losses.style_loss(feats, [x * 2 for x in feats]).item() > 0
+
+
+def test_masked_l1_is_the_mean_over_masked_pixels():
+    torch.manual_seed(0)
+    pred, target = torch.rand(2, 3, 6, 6), torch.rand(2, 3, 6, 6)
+    mask = torch.zeros(2, 1, 6, 6)
+    mask[0, :, 1:3, 1:4] = 1
+    mask[1, :, 4:6, 0:2] = 1
+    inside = mask.expand_as(pred).bool()
+    expected = (pred - target).abs()[inside].mean()
+    assert losses.masked_l1(pred, target, mask).item() == pytest.approx(expected.item(), rel=1e-6)
+    # with the known region weighted 1: the whole-image L1 divided by the masked share (EdgeConnect)
+    whole = (pred - target).abs().mean() / mask.mean()
+    assert losses.masked_l1(pred, target, mask, 1.0, 1.0).item() == pytest.approx(whole.item(), rel=1e-5)
+
+
+def test_masked_cross_entropy():
+    logits = torch.zeros(1, 4, 2, 2)
+    target = torch.zeros(1, 2, 2, dtype=torch.long)
+    mask = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    # uniform logits: CE = log 4 everywhere; only one masked pixel counts
+    log4 = torch.log(torch.tensor(4.0)).item()
+    assert losses.masked_cross_entropy(logits, target, mask).item() == pytest.approx(log4)
+    assert losses.masked_cross_entropy(logits, target, mask, 1.0, 1.0).item() == pytest.approx(
+        4 * torch.log(torch.tensor(4.0)).item())
+    assert losses.segmentation_loss(logits, target).item() == pytest.approx(torch.log(torch.tensor(4.0)).item())
+
+
+def test_vgg19_from_a_local_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="VGG-19 weights file not found: .*nope.pth"):
+        load_vgg19(tmp_path / "nope.pth")
+    torch.manual_seed(0)
+    state = {f"features.{k}": v for k, v in VGG19Features().features.state_dict().items()}
+    state["classifier.0.weight"] = torch.zeros(2, 2)  # the classifier is ignored
+    torch.save(state, tmp_path / "vgg19.pth")
+    vgg = load_vgg19(tmp_path / "vgg19.pth")
+    feats = vgg(torch.rand(1, 3, 32, 32), PERCEPTUAL_LAYERS)
+    assert [f.shape[1] for f in feats] == [64, 128, 256, 512, 512]
+    assert not any(p.requires_grad for p in vgg.parameters())
+    torch.save({"something.else": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="not a VGG-19 state dict"):
+        load_vgg19(tmp_path / "bad.pth")
