@@ -49,7 +49,8 @@ def _one(module_name: str, profile: str, steps: int, device: str, precision: str
             g = torch.Generator().manual_seed(i)
             mask = torch.zeros(1, size, size)
             mask[:, size // 4 : size // 2, size // 4 : 3 * size // 4] = 1
-            return {"image": torch.rand(3, size, size, generator=g), "background": torch.rand(3, size, size, generator=g),
+            image, background = torch.rand(3, size, size, generator=g), torch.rand(3, size, size, generator=g)
+            return {"image": image, "background": background,
                     "mask": mask, "seg": torch.randint(0, NUM_CLASSES, (size, size), generator=g),
                     "bg_seg": torch.randint(0, NUM_CLASSES, (size, size), generator=g),
                     "edges": (torch.rand(1, size, size, generator=g) > 0.9).float(),
@@ -105,8 +106,9 @@ def main() -> None:
     rows = []
     for profile in args.only:
         for module in ("segmenter", "inpainter"):
-            cmd = [sys.executable, __file__, "--child", module, profile, "--steps", str(args.steps), "--device",
-                   args.device, "--precision", args.precision] + (["--channels-last"] if args.channels_last else [])
+            cmd = [sys.executable, __file__, "--child", module, profile, "--steps", str(args.steps),
+                   "--device", args.device, "--precision", args.precision]
+            cmd += ["--channels-last"] if args.channels_last else []
             done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
                                   env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1"))
             if done.returncode:
@@ -118,7 +120,8 @@ def main() -> None:
     suffix = "" if args.device == "cpu" else f"_{args.device}_{args.precision}" + ("_cl" if args.channels_last else "")
     out = REPO / "benchmarks" / "results" / f"training_throughput{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} cores", "rows": rows}, indent=2) + "\n")
+    machine = f"{platform.machine()}, {os.cpu_count()} cores"
+    out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

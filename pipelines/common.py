@@ -30,14 +30,36 @@ def setup_logging(level: int = logging.INFO) -> None:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
+def stage_main(run: Callable[[Any], Any], doc: str, argv: list[str] | None = None) -> int:
+    """The shared CLI of every stage: `--params`, logging, then `run(params)`. Bad input (params, dataset,
+    a missing file) is reported as one line naming the problem, exit code 1; anything else is a bug and
+    keeps its traceback."""
+    import argparse
+
+    from components.coco import DatasetError
+    from pipelines.params import ParamsError, load_params
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        run(load_params(args.params))
+    except (ParamsError, DatasetError, FileNotFoundError) as err:
+        logging.getLogger(run.__module__.rsplit(".", 1)[-1]).error("%s", err)
+        return 1
+    return 0
+
+
 def stage_seed(base_seed: int, stage_seed_value: int, stage: str) -> np.random.SeedSequence:
     """The seed sequence of one stage: the pipeline's base seed, the stage's own seed, its name."""
     return np.random.SeedSequence([base_seed, stage_seed_value, zlib.crc32(stage.encode())])
 
 
-def params_hash(section: Any) -> str:
-    """Short stable hash of a params section (a pydantic model), for metadata beside outputs."""
-    blob = json.dumps(section.model_dump(mode="json"), sort_keys=True).encode()
+def params_hash(params: Any) -> str:
+    """First 16 hex digits of the sha256 of params (a pydantic model or a mapping) as sorted JSON."""
+    data = params.model_dump(mode="json") if hasattr(params, "model_dump") else params
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -43,7 +42,7 @@ from mlflow.entities import Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
-from pipelines.common import git_revision
+from pipelines.common import git_revision, params_hash
 
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import MLFlowLogger
@@ -94,12 +93,6 @@ def flatten_params(nested: Mapping[str, Any], prefix: str = "") -> dict[str, str
         else:
             flat[name] = _truncate(_param_text(value))
     return flat
-
-
-def params_hash(params: Mapping[str, Any]) -> str:
-    """First 16 hex digits of the sha256 of the params as sorted JSON."""
-    blob = json.dumps(params, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 @contextlib.contextmanager

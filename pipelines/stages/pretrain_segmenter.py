@@ -9,7 +9,6 @@ metrics, provenance), `reports/pretrain_segmenter.json` (final val metrics) and
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -17,10 +16,9 @@ from pathlib import Path
 import lightning as L
 
 from components.segmenter import SegmenterConfig
-from pipelines.common import setup_logging
+from pipelines.common import params_hash, stage_main
 from pipelines.data import EpochSetter, PairsDataModule, pairs_config
-from pipelines.params import Params, ParamsError, load_params
-from pipelines.tracking import params_hash
+from pipelines.params import Params
 from pipelines.training.harness import build_trainer, finish, prepare_checkpoints, tracked
 from pipelines.training.segmenter_module import SegmenterModule
 
@@ -43,6 +41,8 @@ def run(params: Params, experiment: str = "object-removal") -> dict:
         trainer = build_trainer(tp, p.epochs, folder, "val/mask_iou", "max", logger,
                                 reports / "plots" / f"{STAGE}.json", [EpochSetter()])
         trainer.fit(module, data, ckpt_path=resume)
+        if not any(key.startswith("val/") for key in trainer.callback_metrics):  # resumed a finished run
+            trainer.validate(module, data, verbose=False)
         info = finish(trainer, folder, "segmenter", {**config.__dict__}, params_hash(section),
                       reports / f"{STAGE}.json",
                       {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)], "target_classes": targets,
@@ -52,16 +52,7 @@ def run(params: Params, experiment: str = "object-removal") -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        run(load_params(args.params))
-    except (ParamsError, FileNotFoundError) as err:
-        log.error("%s", err)
-        return 1
-    return 0
+    return stage_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ byte-identical for any number of workers.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from functools import partial
@@ -32,11 +31,11 @@ from pipelines.common import (
     git_revision,
     params_hash,
     process_pool,
-    setup_logging,
+    stage_main,
     stage_seed,
     write_json,
 )
-from pipelines.params import Params, ParamsError, load_params
+from pipelines.params import Params
 
 log = logging.getLogger("scenes")
 
@@ -118,16 +117,7 @@ def run(params: Params) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="params.yaml")
-    args = parser.parse_args(argv)
-    setup_logging()
-    try:
-        run(load_params(args.params))
-    except ParamsError as err:
-        log.error("%s", err)
-        return 1
-    return 0
+    return stage_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":
