@@ -9,6 +9,7 @@ than resumed.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -24,6 +25,17 @@ from pipelines.params import TrainerParams
 from pipelines.tracking import lightning_logger, start_stage_run
 
 FINGERPRINT = "fingerprint.json"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def code_hash() -> str:
+    """sha256 (16 hex digits) of every Python file of the library and the pipelines: checkpoints made by
+    other code are not resumed."""
+    digest = hashlib.sha256()
+    for path in sorted([*REPO.glob("components/**/*.py"), *REPO.glob("pipelines/**/*.py")]):
+        digest.update(str(path.relative_to(REPO)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def is_launcher_rank_zero() -> bool:
@@ -34,8 +46,10 @@ def is_launcher_rank_zero() -> bool:
 
 def prepare_checkpoints(folder: Path, fingerprint: dict[str, Any]) -> str | None:
     """'last' checkpoint path to resume from when `folder` holds one made with the same fingerprint,
-    else None after clearing the folder (on the launching rank only). The fingerprint leaves out the
-    number of epochs: training a finished run for longer resumes it too."""
+    else None after clearing the folder (on the launching rank only). The fingerprint is the stage's
+    params without the number of epochs (training a finished run for longer resumes it) plus the code's
+    hash (a kill is resumed, a code change is not)."""
+    fingerprint = {**fingerprint, "code": code_hash()}
     stamp = folder / FINGERPRINT
     last = folder / "last.ckpt"
     if last.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == fingerprint:
