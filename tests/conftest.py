@@ -140,7 +140,8 @@ def coco_params(tmp_path: Path, tiny_coco: Path) -> Params:
 
 def copy_repo(dest: Path) -> Path:
     """The tracked project files (no venv, data or caches) copied to `dest`, for real `dvc repro` runs."""
-    ignore = shutil.ignore_patterns(".venv", "data", "reports", "__pycache__", ".pytest_cache", "mlflow.db",
-                                    "mlruns", ".ruff_cache", "*.egg-info", "tmp", "cache")
+    ignore = shutil.ignore_patterns(".venv", "data", "models", "reports", "__pycache__", ".pytest_cache", "mlflow.db",
+                                    "mlruns", "mlartifacts", "lightning_logs", ".ruff_cache", "*.egg-info", "tmp",
+                                    "cache")
     shutil.copytree(REPO, dest, ignore=ignore)
     return dest
