@@ -17,10 +17,10 @@ from pathlib import Path
 import lightning as L
 
 from components.inpainting import InpaintingSizes
-from pipelines.common import params_hash, stage_main
-from pipelines.data import EpochSetter, PairsDataModule, pairs_config
+from pipelines.common import stage_main
+from pipelines.data import PairsDataModule, pairs_config
 from pipelines.params import Params
-from pipelines.training.harness import build_trainer, finish, prepare_checkpoints, tracked
+from pipelines.training.harness import fit_stage
 from pipelines.training.inpainter_module import InpainterModule, LossWeights, OptimConfig
 
 log = logging.getLogger("pretrain_inpainter")
@@ -38,18 +38,11 @@ def run(params: Params, experiment: str = "object-removal") -> dict:
     module = InpainterModule(sizes, LossWeights(**p.losses.model_dump()), OptimConfig(p.lr, p.d_lr_ratio, p.betas),
                              p.features, p.vgg19_weights, p.image_inputs)
     data = PairsDataModule(data_config, p.batch_size, tp.num_workers)
-    folder, reports = Path(params.paths.inpainter), Path(params.paths.reports)
-    resume = prepare_checkpoints(folder, {**section, STAGE: {**section[STAGE], "epochs": None}})
-    with tracked(experiment, STAGE, section) as (logger, run_id):
-        trainer = build_trainer(tp, p.epochs, folder, "val/psnr_mask", "max", logger,
-                                reports / "plots" / f"{STAGE}.json", [EpochSetter(p.random_mask_epochs)])
-        trainer.fit(module, data, ckpt_path=resume)
-        if not any(key.startswith("val/") for key in trainer.callback_metrics):  # resumed a finished run
-            trainer.validate(module, data, verbose=False)
-        info = finish(trainer, folder, "inpainter", {**sizes.__dict__}, params_hash(section),
-                      reports / f"{STAGE}.json",
-                      {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],
-                       "image_size": nets.image_size, "canny_sigma": p.canny_sigma, "mlflow_run_id": run_id})
+    info = fit_stage(STAGE, experiment, section, module, data, tp, p.epochs, Path(params.paths.inpainter),
+                     Path(params.paths.reports), "val/psnr_mask", "inpainter", {**sizes.__dict__},
+                     {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],
+                      "image_size": nets.image_size, "canny_sigma": p.canny_sigma},
+                     random_mask_epochs=p.random_mask_epochs)
     log.info("inpainter: %s", info["metrics"])
     return info
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import lightning as L
 
 from components.segmenter import SegmenterConfig
-from pipelines.common import params_hash, stage_main
-from pipelines.data import EpochSetter, PairsDataModule, pairs_config
+from pipelines.common import stage_main
+from pipelines.data import PairsDataModule, pairs_config
 from pipelines.params import Params
-from pipelines.training.harness import build_trainer, finish, prepare_checkpoints, tracked
+from pipelines.training.harness import fit_stage
 from pipelines.training.segmenter_module import SegmenterModule
 
 log = logging.getLogger("pretrain_segmenter")
@@ -35,18 +35,10 @@ def run(params: Params, experiment: str = "object-removal") -> dict:
     config = SegmenterConfig(len(categories) + 1, nets.segmenter.width, nets.segmenter.depth)
     module = SegmenterModule(config, targets, p.lr, p.weight_decay)
     data = PairsDataModule(data_config, p.batch_size, tp.num_workers)
-    folder, reports = Path(params.paths.segmenter), Path(params.paths.reports)
-    resume = prepare_checkpoints(folder, {**section, STAGE: {**section[STAGE], "epochs": None}})
-    with tracked(experiment, STAGE, section) as (logger, run_id):
-        trainer = build_trainer(tp, p.epochs, folder, "val/mask_iou", "max", logger,
-                                reports / "plots" / f"{STAGE}.json", [EpochSetter()])
-        trainer.fit(module, data, ckpt_path=resume)
-        if not any(key.startswith("val/") for key in trainer.callback_metrics):  # resumed a finished run
-            trainer.validate(module, data, verbose=False)
-        info = finish(trainer, folder, "segmenter", {**config.__dict__}, params_hash(section),
-                      reports / f"{STAGE}.json",
-                      {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)], "target_classes": targets,
-                       "image_size": nets.image_size, "mlflow_run_id": run_id})
+    info = fit_stage(STAGE, experiment, section, module, data, tp, p.epochs, Path(params.paths.segmenter),
+                     Path(params.paths.reports), "val/mask_iou", "segmenter", {**config.__dict__},
+                     {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],
+                      "target_classes": targets, "image_size": nets.image_size})
     log.info("segmenter: %s", info["metrics"])
     return info
 

@@ -20,7 +20,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from pipelines.common import git_revision, write_json
+from pipelines.common import git_revision, params_hash, write_json
+from pipelines.data import EpochSetter
 from pipelines.params import TrainerParams
 from pipelines.tracking import lightning_logger, start_stage_run
 
@@ -133,3 +134,21 @@ def finish(
         write_json(folder / f"{name}.json", info)
         write_json(metrics_path, metrics)
     return info
+
+
+def fit_stage(
+    stage: str, experiment: str, section: dict[str, Any], module: L.LightningModule, data: L.LightningDataModule,
+    trainer_params: TrainerParams, epochs: int, folder: Path, reports: Path, monitor: str, name: str,
+    config: dict, extra: dict, random_mask_epochs: int = 0,
+) -> dict:
+    """The body of a training stage: resume or clear the checkpoints, track the run in MLflow, fit,
+    validate when a finished run was resumed, and write `<name>.json` and the stage's metrics."""
+    resume = prepare_checkpoints(folder, {**section, stage: {**section[stage], "epochs": None}})
+    with tracked(experiment, stage, section) as (logger, run_id):
+        trainer = build_trainer(trainer_params, epochs, folder, monitor, "max", logger,
+                                reports / "plots" / f"{stage}.json", [EpochSetter(random_mask_epochs)])
+        trainer.fit(module, data, ckpt_path=resume)
+        if not any(key.startswith("val/") for key in trainer.callback_metrics):  # resumed a finished run
+            trainer.validate(module, data, verbose=False)
+        return finish(trainer, folder, name, config, params_hash(section), reports / f"{stage}.json",
+                      {**extra, "mlflow_run_id": run_id})
