@@ -5,7 +5,9 @@ head differ:
 
 - edge inpainter: [masked gray, masked edges, mask] -> edge map, sigmoid (spectral norm, as EdgeConnect);
 - segmentation inpainter: [masked one-hot segmentation, mask] -> class logits;
-- image inpainter: [masked image, edges, segmentation probabilities, mask] -> RGB, (tanh(x) + 1) / 2.
+- image inpainter: [masked image, edges, segmentation probabilities, mask] -> RGB, (tanh(x) + 1) / 2
+  (EdgeConnect), or `residual01`: sigmoid(logit(fill) + x), a learned correction of a smooth fill of
+  the hole (components/inpainting.py says why), with the last convolution zero-initialized.
 
 Structure as EdgeConnect: a 7x7 convolution, two stride-2 downsamplings, residual blocks with
 dilated 3x3 convolutions, two stride-2 transposed convolutions, a 7x7 output convolution;
@@ -28,7 +30,10 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as sn
 
-Head = Literal["sigmoid", "tanh01", "logits"]
+# sigmoid: edge maps; tanh01: (tanh(x) + 1) / 2, EdgeConnect's image head; logits: segmentation;
+# residual01: sigmoid(logit(base) + x), an image head that starts from a given fill `base` (see inpainting.py)
+Head = Literal["sigmoid", "tanh01", "logits", "residual01"]
+LOGIT_EPS = 1e-3  # base values are clamped to [eps, 1 - eps] before the logit
 
 
 @dataclass(frozen=True)
@@ -105,13 +110,22 @@ class Generator(nn.Module):
             nn.ReflectionPad2d(3),
             nn.Conv2d(w, config.out_channels, 7),
         )
+        if config.head == "residual01":  # start as the identity on `base`: the correction is learned
+            nn.init.zeros_(self.decoder[-1].weight)
+            nn.init.zeros_(self.decoder[-1].bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, base: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, in_channels, H, W) -> (B, out_channels, H, W); `base` (B, out_channels, H, W) in [0, 1]
+        is required by the residual01 head and ignored by the others."""
         out = self.decoder(self.middle(self.encoder(x)))
         if self.config.head == "sigmoid":
             return torch.sigmoid(out)
         if self.config.head == "tanh01":
             return (torch.tanh(out) + 1) / 2
+        if self.config.head == "residual01":
+            if base is None:
+                raise ValueError("the residual01 head needs `base`, the image it corrects")
+            return torch.sigmoid(torch.logit(base.clamp(LOGIT_EPS, 1 - LOGIT_EPS)) + out)
         return out
 
 
@@ -147,5 +161,6 @@ def seg_inpainter_config(num_classes: int, width: int, blocks: int, dilation: in
     return GeneratorConfig(num_classes + 1, num_classes, "logits", width, blocks, dilation)
 
 
-def image_inpainter_config(num_classes: int, width: int, blocks: int, dilation: int) -> GeneratorConfig:
-    return GeneratorConfig(3 + 1 + num_classes + 1, 3, "tanh01", width, blocks, dilation)
+def image_inpainter_config(num_classes: int, width: int, blocks: int, dilation: int,
+                           head: Head = "tanh01") -> GeneratorConfig:
+    return GeneratorConfig(3 + 1 + num_classes + 1, 3, head, width, blocks, dilation)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from components.inpainters import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
-from components.inpainting import InpaintingDiscriminators, InpaintingNetworks, InpaintingSizes
+from components.inpainters import LOGIT_EPS, Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from components.inpainting import InpaintingConfig, InpaintingDiscriminators, InpaintingNetworks, smooth_fill
 from components.segmenter import Segmenter, SegmenterConfig, instances_from_labels
 
 K = 5  # classes including 0
@@ -50,7 +50,7 @@ def test_discriminator_is_patchgan_with_spectral_norm():
 
 def test_inpainting_chain_outputs(batch):
     image, edges, seg, mask = batch
-    nets = InpaintingNetworks(InpaintingSizes(K, width=8, residual_blocks=1, dilation=2, discriminator_width=8))
+    nets = InpaintingNetworks(InpaintingConfig(K, width=8, residual_blocks=1, dilation=2, discriminator_width=8))
     r = nets(image, edges, seg, mask)
     assert r.edges.shape == (2, 1, 32, 32) and 0 <= r.edges.min() and r.edges.max() <= 1
     assert r.seg_logits.shape == (2, K, 32, 32)
@@ -59,14 +59,14 @@ def test_inpainting_chain_outputs(batch):
     keep = mask == 0
     assert torch.equal(r.composite.masked_select(keep.expand_as(image)), image.masked_select(keep.expand_as(image)))
     assert torch.equal(r.edges_full * (1 - mask), edges * (1 - mask))
-    discs = InpaintingDiscriminators(nets.sizes)
+    discs = InpaintingDiscriminators(nets.config)
     assert discs.edge(torch.cat([r.edges, edges], 1))[0].shape[1] == 1
     assert discs.seg(r.seg_full)[0].shape[1] == 1
 
 
 def test_gradients_reach_every_generator_parameter(batch):
     image, edges, seg, mask = batch
-    nets = InpaintingNetworks(InpaintingSizes(K, width=8, residual_blocks=1, dilation=2, discriminator_width=8))
+    nets = InpaintingNetworks(InpaintingConfig(K, width=8, residual_blocks=1, dilation=2, discriminator_width=8))
     r = nets(image, edges, seg, mask)
     (r.image.mean() + r.edges.mean() + r.seg_logits.pow(2).mean()).backward()
     missing = [n for n, p in nets.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
@@ -76,7 +76,7 @@ def test_gradients_reach_every_generator_parameter(batch):
 def test_gradients_reach_the_mask(batch):
     """The mask enters by products only, so a soft mask from a segmenter gets gradients."""
     image, edges, seg, mask = batch
-    nets = InpaintingNetworks(InpaintingSizes(K, width=8, residual_blocks=1, dilation=2, discriminator_width=8))
+    nets = InpaintingNetworks(InpaintingConfig(K, width=8, residual_blocks=1, dilation=2, discriminator_width=8))
     soft = mask.clone().requires_grad_(True)
     nets(image, edges, seg, soft).composite.mean().backward()
     assert soft.grad is not None and soft.grad.abs().sum() > 0
@@ -97,3 +97,38 @@ def test_instances_are_connected_components():
     assert [int(m.sum()) for _, m in found] == [64, 16]  # largest first
     assert all(cls == 1 for cls, _ in found)
     assert len(instances_from_labels(labels, [1, 2], min_area=13)) == 2
+
+
+def test_smooth_fill_keeps_known_pixels_and_fills_from_around():
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 21, 27)  # any size, odd too
+    mask = torch.zeros(1, 1, 21, 27)
+    mask[..., 5:15, 8:20] = 1
+    filled = smooth_fill(image, mask)
+    keep = (mask == 0).expand_as(image)
+    assert torch.equal(filled[keep], image[keep])
+    # a constant known region is filled with that constant; a left/right split stays split
+    assert torch.allclose(smooth_fill(torch.full_like(image, 0.3), mask), torch.full_like(image, 0.3), atol=1e-6)
+    halves = torch.zeros(1, 1, 32, 32)
+    halves[..., 16:] = 1.0
+    hole = torch.zeros(1, 1, 32, 32)
+    hole[..., 8:24, 12:20] = 1
+    out = smooth_fill(halves, hole)
+    assert out[..., 8:24, 12].max() < 0.35 and out[..., 8:24, 19].min() > 0.65
+    # differentiable in the values and in a soft mask
+    soft = mask.clone().requires_grad_(True)
+    values = image.clone().requires_grad_(True)
+    smooth_fill(values, soft).sum().backward()
+    assert values.grad.abs().sum() > 0 and soft.grad.abs().sum() > 0
+
+
+def test_residual_head_starts_as_the_smooth_fill(batch):
+    image, edges, seg, mask = batch
+    config = InpaintingConfig(K, width=8, residual_blocks=1, dilation=2, discriminator_width=8,
+                              hole_fill="smooth", image_head="residual01")
+    nets = InpaintingNetworks(config)
+    r = nets(image, edges, seg, mask)
+    expected = smooth_fill(image, mask).clamp(LOGIT_EPS, 1 - LOGIT_EPS)
+    assert torch.allclose(r.image, expected, atol=1e-5)  # zero-initialized correction
+    with pytest.raises(ValueError, match="needs `base`"):
+        nets.image(torch.rand(1, config.num_classes + 5, 32, 32))
