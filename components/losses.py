@@ -8,12 +8,18 @@
 - `masked_l1`: L1 normalized by the number of masked pixels (the paper's L_IR), with separate weights
   for the hole and the known region (LaMa's form); `masked_cross_entropy` likewise for the
   segmentation inpainter;
-- `segmentation_loss`: the segmenter's own L_PS, per-pixel cross entropy.
+- `segmentation_loss`: the segmenter's own L_PS, per-pixel cross entropy;
+- `boundary_loss` (Kervadec et al.'s L_B) and `mask_expansion_loss` (the paper's MEL, L_X): the soft
+  mask weighted by the signed distance map phi of `M_G` (components.masks.signed_distance), shifted by
+  alpha for MEL. Reduction per image: ``mean`` over pixels (Kervadec's code, the reading under which
+  the paper's lambda_X = 1000 is sensible) or ``sum``; then the mean over the batch.
 
 Reductions: means over the batch; the per-pixel normalizations are stated per function.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -79,3 +85,20 @@ def masked_cross_entropy(
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """L_PS: mean per-pixel cross entropy of the segmenter's logits (B, K, H, W) against (B, H, W)."""
     return F.cross_entropy(logits, target)
+
+
+def mask_expansion_loss(
+    phi: torch.Tensor, soft_mask: torch.Tensor, alpha: float, reduction: Literal["mean", "sum"] = "mean"
+) -> torch.Tensor:
+    """L_X = sum_p (phi(p) - alpha) * m(p), phi and m (B, 1, H, W). Minimized by m = 1 exactly where
+    phi < alpha: the object plus a band of width alpha (in phi's units) around it."""
+    per_pixel = ((phi - alpha) * soft_mask).flatten(1)  # (B, H * W)
+    per_image = per_pixel.sum(dim=1) if reduction == "sum" else per_pixel.mean(dim=1)
+    return per_image.mean()
+
+
+def boundary_loss(
+    phi: torch.Tensor, soft_mask: torch.Tensor, reduction: Literal["mean", "sum"] = "mean"
+) -> torch.Tensor:
+    """L_B = sum_p phi(p) * m(p): MEL with alpha = 0, minimized by the true mask itself."""
+    return mask_expansion_loss(phi, soft_mask, 0.0, reduction)

@@ -10,6 +10,9 @@ resolution, with:
     bg_seg      (H, W) long              segmentation of I_G
     edges       (1, H, W) float {0, 1}   Canny edges of I (the inpainter's known edges)
     bg_edges    (1, H, W) float {0, 1}   Canny edges of I_G (the edge inpainter's target)
+    sdf         (1, H, W) float [-1, 1]  signed distance map phi of M_G, when `sdf_normalization` is set
+                                         (joint training's MEL; computed here, in the loader workers,
+                                         rather than per step on the training device)
 
 With `mask_source="random"` the object is ignored: the photo is the background itself and the hole
 a free-form brush mask with a ratio drawn over the evaluation buckets (the paper's random-mask
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from components.masks import canny_edges, free_form_mask, to_gray
+from components.masks import SdfNormalization, canny_edges, free_form_mask, signed_distance, to_gray
 
 MaskSource = Literal["object", "random"]
 
@@ -44,6 +47,7 @@ class PairsConfig:
     bucket_edges: tuple[float, ...]
     canny_sigma: float = 2.0
     seed: int = 0
+    sdf_normalization: SdfNormalization | None = None  # set: items carry phi of M_G as "sdf"
 
 
 def read_categories(pairs_root: str | Path) -> list[dict]:
@@ -120,7 +124,7 @@ class PairsDataset(Dataset):
             out = self.transform(image=image, background=background, mask=mask, seg=seg, bg_seg=bg_seg)
             image, background, mask, seg, bg_seg = (out[k] for k in ("image", "background", "mask", "seg", "bg_seg"))
         sigma = self.config.canny_sigma
-        return {
+        item = {
             "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255,
             "background": torch.from_numpy(np.ascontiguousarray(background)).permute(2, 0, 1).float() / 255,
             "mask": torch.from_numpy(np.ascontiguousarray(mask)).float()[None],
@@ -129,6 +133,9 @@ class PairsDataset(Dataset):
             "edges": torch.from_numpy(canny_edges(to_gray(np.ascontiguousarray(image)), sigma))[None],
             "bg_edges": torch.from_numpy(canny_edges(to_gray(np.ascontiguousarray(background)), sigma))[None],
         }
+        if self.config.sdf_normalization is not None:
+            item["sdf"] = torch.from_numpy(signed_distance(mask > 0, self.config.sdf_normalization))[None]
+        return item
 
 
 class PairsDataModule(L.LightningDataModule):
@@ -153,7 +160,7 @@ class PairsDataModule(L.LightningDataModule):
 
 
 def pairs_config(
-    pairs_root: str, image_size: int, canny_sigma: float, seed: int
+    pairs_root: str, image_size: int, canny_sigma: float, seed: int, sdf_normalization: SdfNormalization | None = None
 ) -> tuple[PairsConfig, list[dict], list[int]]:
     """The dataset config for `pairs_root`, its categories, and the contiguous indices of the target classes."""
     summary_path = Path(pairs_root) / "summary.json"
@@ -161,7 +168,8 @@ def pairs_config(
     summary = json.loads(summary_path.read_text())
     class_ids = tuple(c["id"] for c in categories)
     targets = [class_ids.index(cid) + 1 for cid in summary["target_category_ids"]]
-    config = PairsConfig(pairs_root, image_size, class_ids, tuple(summary["bucket_edges"]), canny_sigma, seed)
+    config = PairsConfig(pairs_root, image_size, class_ids, tuple(summary["bucket_edges"]), canny_sigma, seed,
+                         sdf_normalization)
     return config, categories, targets
 
 
@@ -176,3 +184,27 @@ class EpochSetter(L.Callback):
         dataset = trainer.datamodule.train_set
         dataset.set_epoch(trainer.current_epoch)
         dataset.mask_source = "random" if trainer.current_epoch < self.random_epochs else "object"
+
+
+class RandomPairs(Dataset):
+    """Random tensors shaped like `PairsDataset` items (a rectangle hole, its phi): for benchmarks and
+    device tests that must not read data. Item i is the same for any worker (seeded by i)."""
+
+    def __init__(self, size: int, length: int, num_classes: int):
+        self.size, self.length, self.num_classes = size, length, num_classes
+        mask = np.zeros((size, size), bool)
+        mask[size // 4 : size // 2, size // 4 : 3 * size // 4] = True
+        self.mask = torch.from_numpy(mask).float()[None]
+        self.sdf = torch.from_numpy(signed_distance(mask))[None]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(i)
+        s, k = self.size, self.num_classes
+        return {"image": torch.rand(3, s, s, generator=g), "background": torch.rand(3, s, s, generator=g),
+                "mask": self.mask, "sdf": self.sdf,
+                "seg": torch.randint(0, k, (s, s), generator=g), "bg_seg": torch.randint(0, k, (s, s), generator=g),
+                "edges": (torch.rand(1, s, s, generator=g) > 0.9).float(),
+                "bg_edges": (torch.rand(1, s, s, generator=g) > 0.9).float()}

@@ -28,6 +28,7 @@ class Paths(Section):
     pairs: str  # synthesized training pairs (stage `synthesize`)
     segmenter: str  # pretrained segmenter checkpoints (stage `pretrain_segmenter`)
     inpainter: str  # pretrained inpainter checkpoints (stage `pretrain_inpainter`)
+    joint: str  # jointly fine-tuned segmenter + inpainters (stage `finetune_joint`)
     reports: str  # DVC metrics and plots
 
 
@@ -138,6 +139,14 @@ class InpainterNet(Section):
     residual_blocks: PositiveInt  # EdgeConnect: 8
     dilation: PositiveInt  # EdgeConnect: 2
     discriminator_width: PositiveInt  # EdgeConnect: 64
+    hole_fill: Literal["white", "smooth"]  # generators' view of the hole; EdgeConnect: white (README)
+    image_head: Literal["tanh01", "residual01"]  # EdgeConnect: tanh01; residual01 corrects the smooth fill
+
+    @model_validator(mode="after")
+    def _residual_needs_fill(self) -> InpainterNet:
+        if self.image_head == "residual01" and self.hole_fill != "smooth":
+            raise ValueError("image_head residual01 corrects the smooth fill: it needs hole_fill: smooth")
+        return self
 
 
 class NetworksParams(Section):
@@ -194,6 +203,7 @@ class PretrainInpainterParams(Section):
     vgg19_weights: str | None  # local torchvision VGG-19 state dict, when features: vgg19
     image_inputs: Literal["predicted", "ground_truth"]  # maps the image inpainter is trained on
     canny_sigma: Annotated[float, Field(ge=0)]
+    schedule: Literal["constant", "cosine"]  # learning rates: constant, or a cosine decay to 0 over the fit
 
     @model_validator(mode="after")
     def _vgg_file(self) -> PretrainInpainterParams:
@@ -202,6 +212,31 @@ class PretrainInpainterParams(Section):
         if self.random_mask_epochs > self.epochs:
             raise ValueError(f"random_mask_epochs ({self.random_mask_epochs}) > epochs ({self.epochs})")
         return self
+
+
+class MelParams(Section):
+    """The mask expansion loss L_X = sum (phi - alpha) * m_hat (DESIGN.md section 2)."""
+
+    enabled: bool  # the ablation switch: false trains without L_X
+    alpha: Annotated[float, Field(ge=0, le=1)]  # band width in phi's normalized units (paper: 0.03)
+    weight: Annotated[float, Field(ge=0)]  # lambda_X (paper: 1000)
+    normalization: Literal["max_abs", "diagonal"]  # phi / max |phi| of the image, or / the image diagonal
+    reduction: Literal["mean", "sum"]  # over pixels, per image (Kervadec's code: mean)
+
+
+class FinetuneJointParams(Section):
+    seed: Seed
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    lr: Annotated[float, Field(gt=0)]  # the three generators (paper: 1e-5)
+    segmenter_lr: Annotated[float, Field(gt=0)]  # the segmenter (paper: 1e-5)
+    d_lr_ratio: Annotated[float, Field(gt=0)]
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]]
+    schedule: Literal["constant", "cosine"]
+    segmentation_weight: Annotated[float, Field(ge=0)]  # weight of L_PS in L_SN (paper: 1)
+    selection_margin: Annotated[int, Field(ge=0)]  # px around the selection and M_G that m_hat covers
+    losses: InpainterLossWeights
+    mel: MelParams
 
 
 class Params(Section):
@@ -215,6 +250,7 @@ class Params(Section):
     trainer: TrainerParams
     pretrain_segmenter: PretrainSegmenterParams
     pretrain_inpainter: PretrainInpainterParams
+    finetune_joint: FinetuneJointParams
 
     @field_validator("mask_ratio_buckets")
     @classmethod

@@ -114,7 +114,8 @@ def tiny_params_raw(tmp_path: Path, coco_root: Path | None = None) -> dict:
     raw = repo_params_raw()
     raw["paths"] = {"scenes": str(tmp_path / "scenes"), "pairs": str(tmp_path / "pairs"),
                     "segmenter": str(tmp_path / "models" / "segmenter"),
-                    "inpainter": str(tmp_path / "models" / "inpainter"), "reports": str(tmp_path / "reports")}
+                    "inpainter": str(tmp_path / "models" / "inpainter"), "joint": str(tmp_path / "models" / "joint"),
+                    "reports": str(tmp_path / "reports")}
     raw["scenes"].update(num_images=40, size=64, workers=1)
     raw["synthesize"].update(image_size=48, pairs={"train": 16, "val": 4, "test": 4}, workers=1,
                              min_object_area=40)
@@ -142,6 +143,6 @@ def copy_repo(dest: Path) -> Path:
     """The tracked project files (no venv, data or caches) copied to `dest`, for real `dvc repro` runs."""
     ignore = shutil.ignore_patterns(".venv", "data", "models", "reports", "__pycache__", ".pytest_cache", "mlflow.db",
                                     "mlruns", "mlartifacts", "lightning_logs", ".ruff_cache", "*.egg-info", "tmp",
-                                    "cache")
+                                    "cache", ".sweep")
     shutil.copytree(REPO, dest, ignore=ignore)
     return dest

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import lightning as L
 
-from components.inpainting import InpaintingSizes
+from components.inpainting import InpaintingConfig
 from pipelines.common import stage_main
 from pipelines.data import PairsDataModule, pairs_config
 from pipelines.params import Params
@@ -34,12 +34,13 @@ def run(params: Params, experiment: str = "object-removal") -> dict:
     L.seed_everything(params.seed + p.seed, workers=True, verbose=False)
     data_config, categories, _ = pairs_config(params.paths.pairs, nets.image_size, p.canny_sigma, p.seed)
     n = nets.inpainter
-    sizes = InpaintingSizes(len(categories) + 1, n.width, n.residual_blocks, n.dilation, n.discriminator_width)
-    module = InpainterModule(sizes, LossWeights(**p.losses.model_dump()), OptimConfig(p.lr, p.d_lr_ratio, p.betas),
+    config = InpaintingConfig(len(categories) + 1, n.width, n.residual_blocks, n.dilation, n.discriminator_width,
+                              n.hole_fill, n.image_head)
+    module = InpainterModule(config, LossWeights(**p.losses.model_dump()), OptimConfig(p.lr, p.d_lr_ratio, p.betas),
                              p.features, p.vgg19_weights, p.image_inputs)
     data = PairsDataModule(data_config, p.batch_size, tp.num_workers)
     info = fit_stage(STAGE, experiment, section, module, data, tp, p.epochs, Path(params.paths.inpainter),
-                     Path(params.paths.reports), "val/psnr_mask", "inpainter", {**sizes.__dict__},
+                     Path(params.paths.reports), "val/psnr_mask", "inpainter", {**config.__dict__},
                      {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],
                       "image_size": nets.image_size, "canny_sigma": p.canny_sigma},
                      random_mask_epochs=p.random_mask_epochs)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import mlflow
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from pipelines.common import git_revision, params_hash, write_json
@@ -120,10 +121,12 @@ def build_trainer(
 
 def finish(
     trainer: L.Trainer, folder: Path, name: str, config: dict, params_hash: str, metrics_path: Path, extra: dict,
+    extra_metrics: dict | None = None,
 ) -> dict:
     """Write `<name>.json` beside the checkpoints and the final validation metrics for DVC."""
     metrics = {k.replace("/", "_"): round(float(v), 6) for k, v in trainer.callback_metrics.items()
                if k.startswith("val/")}
+    metrics.update(extra_metrics or {})
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     started = next((c.step for c in trainer.callbacks if isinstance(c, StartStep)), None)
     info = {"config": config, "epoch": trainer.current_epoch, "step": trainer.global_step, "started_at_step": started,
@@ -136,19 +139,39 @@ def finish(
     return info
 
 
+def validate_before_fit(params: TrainerParams, module: L.LightningModule, data: L.LightningDataModule) -> dict:
+    """The module's validation metrics as it stands (e.g. freshly loaded pretrained weights), on one
+    device with no logger or checkpoints: the baseline a fine-tuning stage must beat."""
+    trainer = L.Trainer(accelerator=params.accelerator, devices=1, num_nodes=1, precision=params.precision,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    results = trainer.validate(module, data, verbose=False)[0]
+    return {k.replace("/", "_"): round(float(v), 6) for k, v in results.items() if k.startswith("val/")}
+
+
 def fit_stage(
     stage: str, experiment: str, section: dict[str, Any], module: L.LightningModule, data: L.LightningDataModule,
     trainer_params: TrainerParams, epochs: int, folder: Path, reports: Path, monitor: str, name: str,
-    config: dict, extra: dict, random_mask_epochs: int = 0,
+    config: dict, extra: dict, random_mask_epochs: int = 0, inputs: dict[str, str] | None = None,
+    baseline: bool = False,
 ) -> dict:
     """The body of a training stage: resume or clear the checkpoints, track the run in MLflow, fit,
-    validate when a finished run was resumed, and write `<name>.json` and the stage's metrics."""
-    resume = prepare_checkpoints(folder, {**section, stage: {**section[stage], "epochs": None}})
+    validate when a finished run was resumed, and write `<name>.json` and the stage's metrics.
+
+    `inputs` (name -> content hash) joins the checkpoint fingerprint: other starting weights are another
+    experiment. With `baseline`, the module is validated before fitting and those metrics are written
+    beside the final ones as `pretrained_val_*` (and logged to MLflow as `pretrained/...`).
+    """
+    fingerprint = {**section, stage: {**section[stage], "epochs": None}, "inputs": inputs or {}}
+    resume = prepare_checkpoints(folder, fingerprint)
     with tracked(experiment, stage, section) as (logger, run_id):
+        before = validate_before_fit(trainer_params, module, data) if baseline and run_id is not None else {}
+        if before:
+            mlflow.log_metrics({f"pretrained/{k.removeprefix('val_')}": v for k, v in before.items()})
         trainer = build_trainer(trainer_params, epochs, folder, monitor, "max", logger,
                                 reports / "plots" / f"{stage}.json", [EpochSetter(random_mask_epochs)])
         trainer.fit(module, data, ckpt_path=resume)
         if not any(key.startswith("val/") for key in trainer.callback_metrics):  # resumed a finished run
             trainer.validate(module, data, verbose=False)
         return finish(trainer, folder, name, config, params_hash(section), reports / f"{stage}.json",
-                      {**extra, "mlflow_run_id": run_id})
+                      {**extra, "mlflow_run_id": run_id}, {f"pretrained_{k}": v for k, v in before.items()})

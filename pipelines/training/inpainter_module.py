@@ -18,6 +18,7 @@ same PSNR for an OpenCV Telea fill of the same masks, the classical baseline to 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from components import losses
-from components.inpainting import InpaintingDiscriminators, InpaintingNetworks, InpaintingSizes
+from components.inpainting import InpaintingConfig, InpaintingDiscriminators, InpaintingNetworks
 from components.masks import to_gray
 from components.metrics import psnr, ssim
 from components.vgg import PERCEPTUAL_LAYERS, STYLE_LAYERS, load_vgg19
@@ -53,6 +54,18 @@ class OptimConfig:
     lr: float = 1e-4
     d_lr_ratio: float = 0.1
     betas: tuple[float, float] = (0.0, 0.9)
+    schedule: Literal["constant", "cosine"] = "constant"  # cosine: every lr decays to 0 over the whole fit
+
+
+class CosineToZero:
+    """LambdaLR factor: half a cosine from 1 to 0 over `total` updates (a picklable callable, so the
+    scheduler's state survives a checkpoint)."""
+
+    def __init__(self, total: int):
+        self.total = max(int(total), 1)
+
+    def __call__(self, step: int) -> float:
+        return 0.5 * (1 + math.cos(math.pi * min(step, self.total) / self.total))
 
 
 def telea_fill(image: torch.Tensor, mask: torch.Tensor, radius: int = 3) -> torch.Tensor:
@@ -68,7 +81,7 @@ def telea_fill(image: torch.Tensor, mask: torch.Tensor, radius: int = 3) -> torc
 class InpainterModule(L.LightningModule):
     def __init__(
         self,
-        sizes: InpaintingSizes,
+        config: InpaintingConfig,
         weights: LossWeights,
         optim: OptimConfig,
         features: Literal["discriminator", "vgg19"] = "discriminator",
@@ -77,23 +90,31 @@ class InpainterModule(L.LightningModule):
     ):
         super().__init__()
         self.automatic_optimization = False
-        self.save_hyperparameters({"sizes": asdict(sizes), "weights": asdict(weights), "optim": asdict(optim),
+        self.save_hyperparameters({"config": asdict(config), "weights": asdict(weights), "optim": asdict(optim),
                                    "features": features, "vgg19_weights": vgg19_weights, "image_inputs": image_inputs})
-        self.sizes, self.w, self.optim_config = sizes, weights, optim
-        self.nets = InpaintingNetworks(sizes)
-        self.discs = InpaintingDiscriminators(sizes)
+        self.config, self.w, self.optim_config = config, weights, optim
+        self.nets = InpaintingNetworks(config)
+        self.discs = InpaintingDiscriminators(config)
         self.vgg = load_vgg19(vgg19_weights) if features == "vgg19" else None
         self.image_inputs = image_inputs
+        # the image discriminator is trained only when a loss reads it (the CPU default's L1-only image
+        # inpainter leaves it idle: a third of the step's time)
+        self.image_disc_used = weights.image_adv > 0 or (
+            features == "discriminator" and (weights.image_perceptual > 0 or weights.image_style > 0))
         self._sample: dict | None = None
 
     # ----------------------------------------------------------------------------- helpers
     def _one_hot(self, seg: torch.Tensor) -> torch.Tensor:
-        return F.one_hot(seg, self.sizes.num_classes).permute(0, 3, 1, 2).float()  # (B, K, H, W)
+        return F.one_hot(seg, self.config.num_classes).permute(0, 3, 1, 2).float()  # (B, K, H, W)
 
-    def _generate(self, batch: dict) -> dict[str, torch.Tensor]:
-        image, mask = batch["image"], batch["mask"]
+    def _generate(self, batch: dict, mask: torch.Tensor | None = None,
+                  seg_in: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The three inpainters on the batch's hole (`mask`, default `M_G`) and segmentation of I (`seg_in`,
+        default the batch's one-hot; joint training passes the segmenter's probabilities)."""
+        image = batch["image"]
+        mask = batch["mask"] if mask is None else mask
+        seg_in = self._one_hot(batch["seg"]) if seg_in is None else seg_in
         keep = 1 - mask
-        seg_in = self._one_hot(batch["seg"])
         edges = self.nets.complete_edges(image, batch["edges"], mask)
         seg_logits = self.nets.complete_seg(seg_in, mask)
         if self.image_inputs == "ground_truth":
@@ -115,50 +136,68 @@ class InpainterModule(L.LightningModule):
         real_f = [f.detach() for f in real_f]
         return fake_f, real_f, fake_f, real_f
 
-    # ----------------------------------------------------------------------------- training
-    def training_step(self, batch: dict, batch_idx: int) -> None:
-        g_edge, d_edge, g_seg, d_seg, g_image, d_image = self.optimizers()
-        fake = self._generate(batch)
+    def _edge_pairs(self, fake: dict, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Edge discriminator inputs (real, fake): [edges, gray of I_G], as EdgeConnect."""
         gray_bg = to_gray(batch["background"])
-        real_edge_in = torch.cat([batch["bg_edges"], gray_bg], 1)
-        fake_edge_in = torch.cat([fake["edges"], gray_bg], 1)
-        real_seg = self._one_hot(batch["bg_seg"])
-        pairs = [(self.discs.edge, d_edge, real_edge_in, fake_edge_in),
-                 (self.discs.seg, d_seg, real_seg, fake["seg_full"]),
-                 (self.discs.image, d_image, batch["background"], fake["image"])]
-        # 1. discriminators first, on detached fakes
-        d_logs = {}
-        for name, (disc, opt, real, fake_in) in zip(("edge", "seg", "image"), pairs, strict=True):
+        return torch.cat([batch["bg_edges"], gray_bg], 1), torch.cat([fake["edges"], gray_bg], 1)
+
+    def update_discriminators(self, fake: dict, batch: dict, optimizers: list) -> dict[str, torch.Tensor]:
+        """Step 1 of a GAN update: each discriminator on real vs detached fake (optimizers: edge, seg, image)."""
+        real_edge_in, fake_edge_in = self._edge_pairs(fake, batch)
+        pairs = {"edge": (self.discs.edge, optimizers[0], real_edge_in, fake_edge_in),
+                 "seg": (self.discs.seg, optimizers[1], self._one_hot(batch["bg_seg"]), fake["seg_full"])}
+        if self.image_disc_used:
+            pairs["image"] = (self.discs.image, optimizers[2], batch["background"], fake["image"])
+        logs = {}
+        for name, (disc, opt, real, fake_in) in pairs.items():
             d_loss = losses.hinge_d_loss(disc(real)[0], disc(fake_in.detach())[0])
             opt.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
             opt.step()
-            d_logs[f"train/d_{name}_loss"] = d_loss.detach()
-        # 2. generators against the updated discriminators
-        w, mask = self.w, batch["mask"]
+            logs[f"train/d_{name}_loss"] = d_loss.detach()
+        return logs
+
+    def generator_losses(self, fake: dict, batch: dict, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Step 2: L_E, L_S, L_I (and their parts) against the updated discriminators. `mask` weights and
+        normalizes the L1 / CE terms; pass a detached one when the mask is learned, or the loss would
+        shrink just by growing the mask (the normalization counts its pixels)."""
+        w = self.w
+        real_edge_in, fake_edge_in = self._edge_pairs(fake, batch)
         fake_logits, fake_feats = self.discs.edge(fake_edge_in)
         _, real_feats = self.discs.edge(real_edge_in)
         loss_edge = w.edge_adv * losses.hinge_g_loss(fake_logits) + w.edge_fm * losses.feature_matching_loss(
             real_feats, fake_feats)
         seg_ce = losses.masked_cross_entropy(fake["seg_logits"], batch["bg_seg"], mask, 1.0, w.known_weight)
         loss_seg = w.seg_adv * losses.hinge_g_loss(self.discs.seg(fake["seg_full"])[0]) + w.seg_ce * seg_ce
-        fake_p, real_p, fake_s, real_s = self._features(fake["image"], batch["background"])
         l1 = losses.masked_l1(fake["image"], batch["background"], mask, 1.0, w.known_weight)
-        loss_image = (w.image_adv * losses.hinge_g_loss(self.discs.image(fake["image"])[0])
-                      + w.image_perceptual * losses.perceptual_loss(fake_p, real_p)
-                      + w.image_style * losses.style_loss(fake_s, real_s) + w.image_l1 * l1)
+        loss_image = w.image_l1 * l1
+        if self.image_disc_used or self.vgg is not None:
+            fake_p, real_p, fake_s, real_s = self._features(fake["image"], batch["background"])
+            loss_image = (loss_image + w.image_adv * losses.hinge_g_loss(self.discs.image(fake["image"])[0])
+                          + w.image_perceptual * losses.perceptual_loss(fake_p, real_p)
+                          + w.image_style * losses.style_loss(fake_s, real_s))
+        return {"loss_edge": loss_edge, "loss_seg": loss_seg, "loss_image": loss_image, "l1": l1, "seg_ce": seg_ce}
+
+    # ----------------------------------------------------------------------------- training
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        g_edge, d_edge, g_seg, d_seg, g_image, d_image = self.optimizers()
+        fake = self._generate(batch)
+        # 1. discriminators first, on detached fakes; 2. generators against the updated discriminators
+        d_logs = self.update_discriminators(fake, batch, [d_edge, d_seg, d_image])
+        g = self.generator_losses(fake, batch, batch["mask"])
         for opt in (g_edge, g_seg, g_image):
             opt.zero_grad(set_to_none=True)
-        self.manual_backward(loss_edge + loss_seg + loss_image)
+        self.manual_backward(g["loss_edge"] + g["loss_seg"] + g["loss_image"])
         for opt in (g_edge, g_seg, g_image):
             opt.step()
         for opt in (d_edge, d_seg, d_image):  # the generator pass left gradients in the discriminators
             opt.zero_grad(set_to_none=True)
+        for scheduler in self.lr_schedulers() or []:
+            scheduler.step()
         with torch.no_grad():
-            psnr_mask = psnr(fake["composite"], batch["background"], mask=mask).nanmean()
-        self.log_dict({"train/loss_edge": loss_edge, "train/loss_seg": loss_seg, "train/loss_image": loss_image,
-                       "train/l1": l1, "train/seg_ce": seg_ce, "train/psnr_mask": psnr_mask, **d_logs},
-                      on_step=True, on_epoch=True, batch_size=len(mask), sync_dist=True)
+            psnr_mask = psnr(fake["composite"], batch["background"], mask=batch["mask"]).nanmean()
+        self.log_dict({**{f"train/{k}": v for k, v in g.items()}, "train/psnr_mask": psnr_mask, **d_logs},
+                      on_step=True, on_epoch=True, batch_size=len(batch["mask"]), sync_dist=True)
 
     # ----------------------------------------------------------------------------- validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -189,7 +228,8 @@ class InpainterModule(L.LightningModule):
         rows = [s["image"], s["mask"], s["edges"], s["composite"], s["telea"], s["target"]]
         log_grid(self, grid_image(rows), f"samples/inpainter_epoch_{self.current_epoch:03d}.png")
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+    def build_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Adam per generator and per discriminator: [g_edge, d_edge, g_seg, d_seg, g_image, d_image]."""
         c = self.optim_config
         optimizers = []
         for gen, disc in ((self.nets.edge, self.discs.edge), (self.nets.seg, self.discs.seg),
@@ -197,3 +237,14 @@ class InpainterModule(L.LightningModule):
             optimizers.append(torch.optim.Adam(gen.parameters(), lr=c.lr, betas=c.betas))
             optimizers.append(torch.optim.Adam(disc.parameters(), lr=c.lr * c.d_lr_ratio, betas=c.betas))
         return optimizers
+
+    def configure_optimizers(self):
+        optimizers = self.build_optimizers()
+        if self.optim_config.schedule == "constant":
+            return optimizers
+        # one update per batch; under manual optimization max_steps counts every optimizer's steps
+        trainer = self.trainer
+        total = (trainer.estimated_stepping_batches if trainer.max_steps == -1
+                 else trainer.max_steps // len(optimizers))
+        return optimizers, [torch.optim.lr_scheduler.LambdaLR(opt, CosineToZero(math.ceil(total)))
+                            for opt in optimizers]

@@ -10,28 +10,13 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import lightning as L
-import numpy as np
 import torch
 
 from components.losses import segmentation_loss
 from components.metrics import mask_iou
-from components.segmenter import Segmenter, SegmenterConfig, instances_from_labels
+from components.segmenter import Segmenter, SegmenterConfig
+from components.selection import evaluation_mask
 from pipelines.training.visuals import colorize, grid_image, log_grid
-
-
-def selected_instance_masks(labels: np.ndarray, target_classes: list[int], gt_masks: np.ndarray) -> np.ndarray:
-    """Per image, the predicted target-class component with the largest overlap with `M_G` (else empty).
-
-    labels (B, H, W) int, gt_masks (B, H, W) bool -> (B, H, W) bool.
-    """
-    out = np.zeros_like(gt_masks)
-    for b in range(labels.shape[0]):
-        best = 0
-        for _, component in instances_from_labels(labels[b], target_classes):
-            overlap = int((component & gt_masks[b]).sum())
-            if overlap > best:
-                best, out[b] = overlap, component
-    return out
 
 
 class SegmenterModule(L.LightningModule):
@@ -59,9 +44,7 @@ class SegmenterModule(L.LightningModule):
         labels = logits.argmax(1)
         target = torch.isin(batch["seg"], torch.tensor(self.target_classes, device=labels.device))
         predicted = torch.isin(labels, torch.tensor(self.target_classes, device=labels.device))
-        gt_masks = batch["mask"][:, 0].bool().cpu().numpy()
-        selected = selected_instance_masks(labels.cpu().numpy(), self.target_classes, gt_masks)
-        selected = torch.from_numpy(selected).to(labels.device)[:, None].float()
+        selected = evaluation_mask(logits, self.target_classes, batch["mask"])
         metrics = {
             "val/loss": segmentation_loss(logits, batch["seg"]),
             "val/pixel_acc": (labels == batch["seg"]).float().mean(),

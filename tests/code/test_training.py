@@ -15,12 +15,13 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from components.inpainting import InpaintingSizes
+from components.inpainting import InpaintingConfig
 from components.segmenter import SegmenterConfig
 from pipelines.data import PairsDataModule, pairs_config
 from pipelines.params import Params, parse_params
-from pipelines.stages import pretrain_inpainter, pretrain_segmenter, scenes, synthesize
+from pipelines.stages import finetune_joint, pretrain_inpainter, pretrain_segmenter, scenes, synthesize
 from pipelines.training.inpainter_module import InpainterModule, LossWeights, OptimConfig
+from pipelines.training.joint_module import JointConfig, JointModule
 from pipelines.training.segmenter_module import SegmenterModule
 from tests.conftest import REPO, tiny_params_raw
 
@@ -28,12 +29,15 @@ from tests.conftest import REPO, tiny_params_raw
 def tiny_training_raw(tmp: Path) -> dict:
     raw = tiny_params_raw(tmp)
     raw["synthesize"].update(image_size=32, pairs={"train": 16, "val": 8, "test": 4})
-    raw["paths"].update(segmenter=str(tmp / "models" / "segmenter"), inpainter=str(tmp / "models" / "inpainter"))
+    raw["paths"].update(segmenter=str(tmp / "models" / "segmenter"), inpainter=str(tmp / "models" / "inpainter"),
+                        joint=str(tmp / "models" / "joint"))
     raw["networks"] = {"image_size": 32, "segmenter": {"width": 8, "depth": 2},
-                       "inpainter": {"width": 8, "residual_blocks": 1, "dilation": 2, "discriminator_width": 8}}
+                       "inpainter": {"width": 8, "residual_blocks": 1, "dilation": 2, "discriminator_width": 8,
+                                     "hole_fill": "smooth", "image_head": "residual01"}}
     raw["trainer"].update(num_workers=0, log_every_n_steps=1)
     raw["pretrain_segmenter"].update(epochs=1, batch_size=4)
     raw["pretrain_inpainter"].update(epochs=1, batch_size=4)
+    raw["finetune_joint"].update(epochs=1, batch_size=4)
     return raw
 
 
@@ -54,9 +58,15 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
     return uri
 
 
-def _data(raw: dict) -> tuple:
-    config, categories, targets = pairs_config(raw["paths"]["pairs"], 32, 1.0, 0)
+def _data(raw: dict, sdf: str | None = None) -> tuple:
+    config, categories, targets = pairs_config(raw["paths"]["pairs"], 32, 1.0, 0, sdf)
     return PairsDataModule(config, batch_size=4, num_workers=0), len(categories) + 1, targets
+
+
+def _joint(num_classes: int, targets: list[int], **joint) -> JointModule:
+    inpainting = InpaintingConfig(num_classes, 8, 1, 2, 8, "smooth", "residual01")
+    return JointModule(inpainting, SegmenterConfig(num_classes, 8, 2), JointConfig(tuple(targets), 1e-3, **joint),
+                       LossWeights(), OptimConfig(1e-3))
 
 
 def _changed(module: L.LightningModule, before: dict[str, torch.Tensor]) -> list[str]:
@@ -76,7 +86,7 @@ def test_fast_dev_run_segmenter(tiny):
 
 def test_fast_dev_run_inpainter(tiny):
     data, num_classes, _ = _data(tiny[1])
-    module = InpainterModule(InpaintingSizes(num_classes, 8, 1, 2, 8), LossWeights(), OptimConfig())
+    module = InpainterModule(InpaintingConfig(num_classes, 8, 1, 2, 8), LossWeights(), OptimConfig())
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
     trainer = L.Trainer(fast_dev_run=True, logger=False, enable_progress_bar=False, accelerator="cpu")
     trainer.fit(module, data)
@@ -85,6 +95,42 @@ def test_fast_dev_run_inpainter(tiny):
     assert all(n in changed for n in before if n.startswith("nets."))  # every generator weight moved
     metrics = trainer.callback_metrics
     assert {"val/psnr_mask", "val/psnr_mask_telea", "val/ssim"} <= set(metrics)
+
+
+def test_short_run_joint(tiny):
+    data, num_classes, targets = _data(tiny[1], sdf="max_abs")
+    module = _joint(num_classes, targets)
+    before = {n: p.detach().clone() for n, p in module.named_parameters()}
+    # two steps: the residual image head's output convolution starts at zero, so the first step moves
+    # only that layer of the image generator (fast_dev_run=2 would stop after one: under manual
+    # optimization every optimizer's step counts)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu")
+    trainer.fit(module, data)
+    changed = _changed(module, before)
+    missing = [n for n in before if n.startswith(("segmenter.", "nets.")) and n not in changed]
+    assert not missing, missing
+    assert {"val/psnr", "val/coverage", "val/mask_ratio", "val/found", "val/mel"} <= set(trainer.callback_metrics)
+    assert {"train/mel", "train/coverage", "train/mask_ratio"} <= set(trainer.callback_metrics)
+
+
+def test_inpainting_losses_reach_the_segmenter(tiny):
+    """With L_PS and MEL switched off, the image inpainter's loss alone still moves the segmenter:
+    through the straight-through mask the generators see."""
+    data, num_classes, targets = _data(tiny[1], sdf="max_abs")
+    data.setup()
+    batch = next(iter(data.train_dataloader()))
+    module = _joint(num_classes, targets, segmentation_weight=0.0, mel_enabled=False)
+    logits = module.segmenter(batch["image"])
+    from components.selection import training_mask
+
+    mask, _, _ = training_mask(logits, targets, batch["mask"], margin=4)
+    fake = module._generate(batch, mask=mask, seg_in=logits.softmax(1).detach())
+    module.generator_losses(fake, batch, mask.detach())["loss_image"].backward()
+    grads = {n: p.grad for n, p in module.segmenter.named_parameters()}
+    assert all(g is not None for g in grads.values())
+    assert sum(float(g.abs().sum()) for g in grads.values()) > 0
+    assert sum(1 for g in grads.values() if g.abs().sum() > 0) >= 0.9 * len(grads)
 
 
 def test_segmenter_stage_tracks_resumes_and_writes(tiny, mlflow_store):
@@ -136,6 +182,37 @@ def test_random_mask_pretraining_then_object_masks(tiny, mlflow_store):
     raw["paths"]["inpainter"] = str(tmp / "models" / "inpainter_random")
     info = pretrain_inpainter.run(parse_params(raw))
     assert info["epoch"] == 2
+
+
+def test_joint_stage_from_pretrained(tiny, mlflow_store):
+    tmp, raw = tiny
+    params = parse_params(raw)
+    for stage, folder in ((pretrain_segmenter, "segmenter"), (pretrain_inpainter, "inpainter")):
+        if not (Path(raw["paths"][folder]) / "best.ckpt").is_file():
+            stage.run(params)
+    info = finetune_joint.run(params)
+    metrics = info["metrics"]
+    assert {"val_psnr", "val_coverage", "val_mask_ratio", "pretrained_val_psnr", "pretrained_val_coverage"} <= set(
+        metrics)
+    saved = json.loads((Path(raw["paths"]["joint"]) / "joint.json").read_text())
+    assert saved["step"] > 0 and saved["config"]["joint"]["mel_alpha"] == 0.03
+    run = MlflowClient(mlflow_store).get_run(info["mlflow_run_id"])
+    assert run.data.tags["stage"] == "finetune_joint"
+    assert run.data.params["finetune_joint.mel.enabled"] == "True"
+    assert {"val/coverage", "val/mask_ratio", "train/mel_epoch", "pretrained/psnr"} <= set(run.data.metrics)
+    assert json.loads((Path(raw["paths"]["reports"]) / "finetune_joint.json").read_text()) == metrics
+
+
+def test_joint_stage_refuses_mismatched_or_missing_checkpoints(tiny, tmp_path):
+    _, raw = tiny
+    raw = json.loads(json.dumps(raw))
+    raw["paths"]["joint"] = str(tmp_path / "joint")
+    raw["networks"]["inpainter"]["width"] = 16
+    with pytest.raises(ValueError, match=r"inpainter/best.ckpt does not match params.networks \(width: checkpoint 8"):
+        finetune_joint.run(parse_params(raw))
+    raw["paths"]["segmenter"] = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="pretrained checkpoint not found: .*nowhere/best.ckpt"):
+        finetune_joint.run(parse_params(raw))
 
 
 @pytest.mark.slow

@@ -1,0 +1,101 @@
+"""python -m pipelines.stages.finetune_joint [--params params.yaml]
+
+Stage `finetune_joint`: the pretrained segmenter connected to the three pretrained inpainters and
+trained end to end with L_SN = L_PS + L_E + L_S + L_I + lambda_X * L_X (the mask expansion loss; off
+with `finetune_joint.mel.enabled: false`, the ablation). Starts from `paths.segmenter/best.ckpt` and
+`paths.inpainter/best.ckpt`; their networks must match `networks` in params. Before training, the
+pretrained pair is validated the same way, so `reports/finetune_joint.json` holds both `val_*` (joint)
+and `pretrained_val_*` (segmenter + inpainter as pretrained). Writes `paths.joint/{last,best}.ckpt`
+and `joint.json`; per-epoch curves in `reports/plots/finetune_joint.json`; tracked in MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from components.inpainting import InpaintingConfig
+from components.segmenter import SegmenterConfig
+from pipelines.common import stage_main
+from pipelines.data import PairsDataModule, pairs_config
+from pipelines.params import Params
+from pipelines.training.harness import fit_stage
+from pipelines.training.inpainter_module import LossWeights, OptimConfig
+from pipelines.training.joint_module import JointConfig, JointModule
+
+log = logging.getLogger("finetune_joint")
+STAGE = "finetune_joint"
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def load_pretrained(module: JointModule, segmenter_ckpt: Path, inpainter_ckpt: Path) -> None:
+    """Copy the pretrained weights into `module`, after checking that their networks match its own."""
+    for path, stage in ((segmenter_ckpt, "pretrain_segmenter"), (inpainter_ckpt, "pretrain_inpainter")):
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained checkpoint not found: {path} (run `dvc repro {stage}`)")
+    segmenter = torch.load(segmenter_ckpt, map_location="cpu", weights_only=True)
+    inpainter = torch.load(inpainter_ckpt, map_location="cpu", weights_only=True)
+    expected = {segmenter_ckpt: (segmenter["hyper_parameters"]["config"], asdict(module.segmenter.config)),
+                inpainter_ckpt: (inpainter["hyper_parameters"]["config"], asdict(module.config))}
+    for path, (found, wanted) in expected.items():
+        differ = sorted(k for k in wanted if found.get(k) != wanted[k])
+        if differ:
+            pairs = ", ".join(f"{k}: checkpoint {found.get(k)!r} vs params {wanted[k]!r}" for k in differ)
+            raise ValueError(f"{path} does not match params.networks ({pairs}); re-run its pretraining stage")
+    module.segmenter.load_state_dict({k.removeprefix("net."): v for k, v in segmenter["state_dict"].items()})
+    module.nets.load_state_dict({k.removeprefix("nets."): v for k, v in inpainter["state_dict"].items()
+                                 if k.startswith("nets.")})
+    module.discs.load_state_dict({k.removeprefix("discs."): v for k, v in inpainter["state_dict"].items()
+                                  if k.startswith("discs.")})
+
+
+def run(params: Params, experiment: str = "object-removal") -> dict:
+    p, nets, tp, pi = params.finetune_joint, params.networks, params.trainer, params.pretrain_inpainter
+    inherited = {"features": pi.features, "vgg19_weights": pi.vgg19_weights, "canny_sigma": pi.canny_sigma}
+    section = {"finetune_joint": p.model_dump(mode="json"), "networks": nets.model_dump(mode="json"),
+               "trainer": tp.model_dump(mode="json"), "seed": params.seed, "pretrain_inpainter": inherited}
+    L.seed_everything(params.seed + p.seed, workers=True, verbose=False)
+    data_config, categories, targets = pairs_config(params.paths.pairs, nets.image_size, pi.canny_sigma, p.seed,
+                                                    p.mel.normalization)
+    n, s = nets.inpainter, nets.segmenter
+    inpainting = InpaintingConfig(len(categories) + 1, n.width, n.residual_blocks, n.dilation,
+                                  n.discriminator_width, n.hole_fill, n.image_head)
+    segmenter = SegmenterConfig(len(categories) + 1, s.width, s.depth)
+    joint = JointConfig(tuple(targets), p.segmenter_lr, p.segmentation_weight, p.selection_margin, p.mel.enabled,
+                        p.mel.alpha, p.mel.weight, p.mel.reduction)
+    module = JointModule(inpainting, segmenter, joint, LossWeights(**p.losses.model_dump()),
+                         OptimConfig(p.lr, p.d_lr_ratio, p.betas, p.schedule), pi.features, pi.vgg19_weights)
+    segmenter_ckpt = Path(params.paths.segmenter) / "best.ckpt"
+    inpainter_ckpt = Path(params.paths.inpainter) / "best.ckpt"
+    load_pretrained(module, segmenter_ckpt, inpainter_ckpt)
+    data = PairsDataModule(data_config, p.batch_size, tp.num_workers)
+    info = fit_stage(STAGE, experiment, section, module, data, tp, p.epochs, Path(params.paths.joint),
+                     Path(params.paths.reports), "val/psnr", "joint",
+                     {"inpainting": asdict(inpainting), "segmenter": asdict(segmenter), "joint": asdict(joint)},
+                     {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],
+                      "target_classes": targets, "image_size": nets.image_size, "canny_sigma": pi.canny_sigma},
+                     inputs={"segmenter": file_digest(segmenter_ckpt), "inpainter": file_digest(inpainter_ckpt)},
+                     baseline=True)
+    log.info("joint: %s", info["metrics"])
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(run, __doc__, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

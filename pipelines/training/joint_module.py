@@ -1,0 +1,148 @@
+"""Lightning step logic for end-to-end fine-tuning: segmenter -> selected mask -> the three inpainters.
+
+Extends the inpainter pretraining module (same networks, discriminators, losses and update order)
+with the segmenter in front. Per step:
+
+    1. segment I; L_PS = cross entropy against the segmentation of I;
+    2. select the mask (components.selection): the target instance overlapping M_G most, binary in the
+       forward pass, straight-through to the soft target probability m_hat (fallback: M_G);
+    3. inpaint with that mask, the segmenter's probabilities as the segmentation input;
+    4. discriminators first (detached fakes), then
+       L_SN = L_PS + L_E + L_S + L_I + lambda_X * L_X, L_X = sum (phi - alpha) * m_hat (MEL, optional),
+       one backward pass into the segmenter and the three generators.
+
+The L1 / CE terms are weighted and normalized with the *detached* mask: their normalization counts the
+mask's pixels, and a gradient through that count would reward growing the mask for its own sake. The
+inpainting losses reach the segmenter through what the generators see (the hole and its fill), which is
+the signal the method is about.
+
+Validation selects like evaluation (no fallback: when no instance overlaps M_G nothing is removed) and
+reports the composite's PSNR / SSIM, PSNR inside M_G, the mask's coverage of M_G, its size relative to
+M_G, its IoU with M_G, and how often an instance was found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+
+from components import losses
+from components.inpainting import InpaintingConfig
+from components.metrics import coverage, mask_iou, psnr, ssim
+from components.segmenter import Segmenter, SegmenterConfig
+from components.selection import evaluation_mask, training_mask
+from pipelines.training.inpainter_module import InpainterModule, LossWeights, OptimConfig
+from pipelines.training.visuals import grid_image, log_grid
+
+
+@dataclass(frozen=True)
+class JointConfig:
+    target_classes: tuple[int, ...]  # contiguous class indices the masks are selected from
+    segmenter_lr: float = 1e-5
+    segmentation_weight: float = 1.0  # weight of L_PS in L_SN
+    margin: int = 8  # px around the selection and M_G where m_hat (and so the gradient) lives
+    mel_enabled: bool = True
+    mel_alpha: float = 0.03
+    mel_weight: float = 1000.0  # lambda_X
+    mel_reduction: Literal["mean", "sum"] = "mean"
+
+
+def mask_ratio(mask: torch.Tensor, true_mask: torch.Tensor) -> torch.Tensor:
+    """|M| / |M_G| per image, (B,); NaN for an empty M_G."""
+    return (mask > 0.5).flatten(1).sum(1).float() / (true_mask > 0.5).flatten(1).sum(1).float()
+
+
+class JointModule(InpainterModule):
+    def __init__(
+        self,
+        inpainting: InpaintingConfig,
+        segmenter: SegmenterConfig,
+        joint: JointConfig,
+        weights: LossWeights,
+        optim: OptimConfig,
+        features: Literal["discriminator", "vgg19"] = "discriminator",
+        vgg19_weights: str | None = None,
+    ):
+        super().__init__(inpainting, weights, optim, features, vgg19_weights, image_inputs="predicted")
+        self.save_hyperparameters({"config": asdict(inpainting), "segmenter": asdict(segmenter),
+                                   "joint": asdict(joint), "weights": asdict(weights), "optim": asdict(optim),
+                                   "features": features, "vgg19_weights": vgg19_weights})
+        self.segmenter = Segmenter(segmenter)
+        self.joint = joint
+
+    # ----------------------------------------------------------------------------- training
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        g_edge, d_edge, g_seg, d_seg, g_image, d_image, opt_segmenter = self.optimizers()
+        j = self.joint
+        # 1. segment
+        logits = self.segmenter(batch["image"])  # (B, K, H, W)
+        loss_ps = losses.segmentation_loss(logits, batch["seg"])
+        # 2. select the mask: binary forward, straight-through to m_hat
+        mask, m_hat, found = training_mask(logits, j.target_classes, batch["mask"], j.margin)
+        # 3. inpaint with it
+        fake = self._generate(batch, mask=mask, seg_in=logits.softmax(dim=1))
+        # 4. discriminators first, then everything else in one backward pass
+        d_logs = self.update_discriminators(fake, batch, [d_edge, d_seg, d_image])
+        g = self.generator_losses(fake, batch, mask.detach())
+        loss_x = (losses.mask_expansion_loss(batch["sdf"], m_hat, j.mel_alpha, j.mel_reduction)
+                  if j.mel_enabled else torch.zeros((), device=logits.device))
+        total = (j.segmentation_weight * loss_ps + g["loss_edge"] + g["loss_seg"] + g["loss_image"]
+                 + (j.mel_weight * loss_x if j.mel_enabled else 0.0))
+        generators = (g_edge, g_seg, g_image, opt_segmenter)
+        for opt in generators:
+            opt.zero_grad(set_to_none=True)
+        self.manual_backward(total)
+        for opt in generators:
+            opt.step()
+        for opt in (d_edge, d_seg, d_image):
+            opt.zero_grad(set_to_none=True)
+        for scheduler in self.lr_schedulers() or []:
+            scheduler.step()
+        with torch.no_grad():
+            hard = mask.detach()
+            logs = {"train/loss": total.detach(), "train/loss_ps": loss_ps, "train/mel": loss_x,
+                    "train/coverage": coverage(hard, batch["mask"]).nanmean(),
+                    "train/mask_ratio": mask_ratio(hard, batch["mask"]).nanmean(),
+                    "train/found": found.float().mean(),
+                    "train/psnr_mask": psnr(fake["composite"], batch["background"], mask=batch["mask"]).nanmean()}
+        self.log_dict({**logs, **{f"train/{k}": v for k, v in g.items()}, **d_logs},
+                      on_step=True, on_epoch=True, batch_size=len(hard), sync_dist=True)
+
+    # ----------------------------------------------------------------------------- validation
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        j, target, true_mask = self.joint, batch["background"], batch["mask"]
+        logits = self.segmenter(batch["image"])
+        mask = evaluation_mask(logits, j.target_classes, true_mask)
+        fake = self._generate(batch, mask=mask, seg_in=logits.softmax(dim=1))
+        metrics = {
+            "val/psnr": psnr(fake["composite"], target).mean(),
+            "val/ssim": ssim(fake["composite"], target).mean(),
+            "val/psnr_mask": psnr(fake["composite"], target, mask=true_mask).nanmean(),
+            "val/coverage": coverage(mask, true_mask).nanmean(),
+            "val/mask_ratio": mask_ratio(mask, true_mask).nanmean(),
+            "val/mask_iou": mask_iou(mask, true_mask).mean(),
+            "val/found": (mask.flatten(1).amax(1) > 0).float().mean(),
+            "val/loss_ps": losses.segmentation_loss(logits, batch["seg"]),
+        }
+        if "sdf" in batch:
+            m_hat = training_mask(logits, j.target_classes, true_mask, j.margin)[1]
+            metrics["val/mel"] = losses.mask_expansion_loss(batch["sdf"], m_hat, j.mel_alpha, j.mel_reduction)
+        self.log_dict(metrics, on_epoch=True, batch_size=len(mask), sync_dist=True)
+        if batch_idx == 0:
+            self._sample = {"image": batch["image"][:8], "true_mask": true_mask[:8], "mask": mask[:8],
+                            "composite": fake["composite"][:8], "target": target[:8]}
+
+    def on_validation_epoch_end(self) -> None:
+        if self._sample is None or self.trainer.sanity_checking:
+            return
+        s = self._sample
+        rows = [s["image"], s["true_mask"], s["mask"], s["composite"], s["target"]]
+        log_grid(self, grid_image(rows), f"samples/joint_epoch_{self.current_epoch:03d}.png")
+
+    def build_optimizers(self) -> list[torch.optim.Optimizer]:
+        """The inpainters' six, then the segmenter's (its own learning rate, the same betas)."""
+        segmenter = torch.optim.Adam(self.segmenter.parameters(), lr=self.joint.segmenter_lr,
+                                     betas=self.optim_config.betas)
+        return [*super().build_optimizers(), segmenter]
