@@ -50,6 +50,14 @@ RECIPES = {
     "smooth_residual_l1only_cosine_lr5e-4": {"hole_fill": "smooth", "image_head": "residual01", "schedule": "cosine",
                                              "lr": 5e-4, "losses": {"image_adv": 0.0, "image_perceptual": 0.0,
                                                                     "image_style": 0.0}},
+    "smooth_residual_l1only_cosine_perimage_kw0": {
+        "hole_fill": "smooth", "image_head": "residual01", "schedule": "cosine",
+        "losses": {"image_adv": 0.0, "image_perceptual": 0.0, "image_style": 0.0, "known_weight": 0.0,
+                   "normalize_by": "image"}},
+    "smooth_residual_l1only_cosine_perimage_kw01": {
+        "hole_fill": "smooth", "image_head": "residual01", "schedule": "cosine",
+        "losses": {"image_adv": 0.0, "image_perceptual": 0.0, "image_style": 0.0, "known_weight": 0.1,
+                   "normalize_by": "image"}},
     "smooth_residual_w32_lr5e-4": {"hole_fill": "smooth", "image_head": "residual01", "lr": 5e-4, "width": 32},
 }
 

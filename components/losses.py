@@ -6,7 +6,8 @@
   discriminator's by default (the paper), or a VGG-19's (EdgeConnect) when a local weights file is
   given;
 - `masked_l1`: L1 normalized by the number of masked pixels (the paper's L_IR), with separate weights
-  for the hole and the known region (LaMa's form); `masked_cross_entropy` likewise for the
+  for the hole and the known region (LaMa's form), pooled over the batch or per image;
+  `masked_cross_entropy` likewise for the
   segmentation inpainter;
 - `segmentation_loss`: the segmenter's own L_PS, per-pixel cross entropy;
 - `boundary_loss` (Kervadec et al.'s L_B) and `mask_expansion_loss` (the paper's MEL, L_X): the soft
@@ -60,26 +61,40 @@ def perceptual_loss(
     return sum(w * F.l1_loss(a, b) for w, a, b in zip(weights, a_features, b_features, strict=True))
 
 
+Normalization = Literal["batch", "image"]
+
+
+def _normalize(per_image_sum: torch.Tensor, mask: torch.Tensor, normalize_by: Normalization) -> torch.Tensor:
+    """(B,) weighted sums -> one loss: divided by the batch's masked pixels ("batch": big holes weigh
+    more), or by each image's own masked pixels and then averaged ("image": every image weighs the same,
+    as a per-image mean metric such as PSNR does)."""
+    masked = mask.flatten(1).sum(dim=1)  # (B,)
+    if normalize_by == "image":
+        return (per_image_sum / masked.clamp_min(1.0)).mean()
+    return per_image_sum.sum() / masked.sum().clamp_min(1.0)
+
+
 def masked_l1(
-    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, weight_missing: float = 1.0, weight_known: float = 0.0
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, weight_missing: float = 1.0,
+    weight_known: float = 0.0, normalize_by: Normalization = "batch",
 ) -> torch.Tensor:
-    """sum(|pred - target| * w) / (channels * number of masked pixels), w = weight_missing in the hole,
-    weight_known outside. With weight_known=0 this is the mean L1 over masked pixels; with 1 it is
-    EdgeConnect's whole-image L1 divided by the mask's share of the image."""
+    """sum(|pred - target| * w) / (channels * masked pixels), w = weight_missing in the hole, weight_known
+    outside. With weight_known=0 this is the mean L1 over masked pixels; with 1 it is EdgeConnect's
+    whole-image L1 divided by the mask's share of the image."""
     weights = weight_missing * mask + weight_known * (1 - mask)  # (B, 1, H, W)
-    masked_pixels = mask.sum().clamp_min(1.0)
-    return ((pred - target).abs() * weights).sum() / (masked_pixels * pred.shape[1])
+    per_image = ((pred - target).abs() * weights).flatten(1).sum(dim=1) / pred.shape[1]  # (B,)
+    return _normalize(per_image, mask, normalize_by)
 
 
 def masked_cross_entropy(
     logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-    weight_missing: float = 1.0, weight_known: float = 0.0,
+    weight_missing: float = 1.0, weight_known: float = 0.0, normalize_by: Normalization = "batch",
 ) -> torch.Tensor:
-    """Per-pixel cross entropy (logits (B, K, H, W), target (B, H, W) long), weighted like `masked_l1`
-    and divided by the number of masked pixels."""
+    """Per-pixel cross entropy (logits (B, K, H, W), target (B, H, W) long), weighted and normalized
+    like `masked_l1`."""
     per_pixel = F.cross_entropy(logits, target, reduction="none")  # (B, H, W)
     weights = weight_missing * mask[:, 0] + weight_known * (1 - mask[:, 0])
-    return (per_pixel * weights).sum() / mask.sum().clamp_min(1.0)
+    return _normalize((per_pixel * weights).flatten(1).sum(dim=1), mask, normalize_by)
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

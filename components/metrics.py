@@ -84,3 +84,17 @@ def coverage(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Share of the target covered by the prediction, |pred & target| / |target|, (B,) float32; NaN if empty."""
     inter, _, area = _binary_counts(pred, target)
     return (inter / area).float()
+
+
+def area_ratio(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Over-expansion |pred| / |target| of binary (B, 1, H, W) masks, (B,) float32; NaN for an empty target."""
+    _, _, area = _binary_counts(pred, target)
+    ratio = (pred > 0.5).flatten(1).sum(dim=1).double() / area.clamp(min=1)
+    return torch.where(area > 0, ratio, torch.full_like(ratio, float("nan"))).float()
+
+
+def leftover(pred: torch.Tensor, target: torch.Tensor, min_pixels: int = 1) -> torch.Tensor:
+    """(B,) bool: at least `min_pixels` object pixels (target) lie outside the predicted mask, i.e. part
+    of the object would survive the removal."""
+    outside = (target > 0.5) & ~(pred > 0.5)
+    return outside.flatten(1).sum(dim=1) >= min_pixels

@@ -29,6 +29,7 @@ class Paths(Section):
     segmenter: str  # pretrained segmenter checkpoints (stage `pretrain_segmenter`)
     inpainter: str  # pretrained inpainter checkpoints (stage `pretrain_inpainter`)
     joint: str  # jointly fine-tuned segmenter + inpainters (stage `finetune_joint`)
+    joint_ablation: str  # the same without MEL (stage `finetune_joint_ablation`)
     reports: str  # DVC metrics and plots
 
 
@@ -188,6 +189,7 @@ class InpainterLossWeights(Section):
     image_style: Annotated[float, Field(ge=0)]  # lambda_IS
     image_l1: Annotated[float, Field(ge=0)]  # lambda_IR
     known_weight: Annotated[float, Field(ge=0)]  # L1/CE weight outside the hole (hole = 1)
+    normalize_by: Literal["batch", "image"]  # L1/CE divided by the batch's masked pixels, or per image
 
 
 class PretrainInpainterParams(Section):
@@ -239,6 +241,23 @@ class FinetuneJointParams(Section):
     mel: MelParams
 
 
+class EvaluateParams(Section):
+    split: Literal["val", "test"]  # the held-out pairs to score (test: never seen in training or selection)
+    batch_size: PositiveInt
+    dilation_px: Annotated[int, Field(ge=0)]  # the fixed-dilation baseline: the pretrained mask grown by k px
+    table1_offsets_px: Annotated[list[int], Field(min_length=1)]  # the paper's Table I: -2, 0, 2, 4, 6, 8
+    samples_per_case: PositiveInt  # pairs per row group (best, median, worst) of reports/samples.png
+    lpips_vgg16_weights: str | None  # local torchvision VGG-16 state dict (LPIPS backbone)
+    lpips_heads: str | None  # local LPIPS linear heads (the lpips package's weights/v0.1/vgg.pth)
+    fid_inception: str | None  # local Inception TorchScript (inception-2015-12-05.pt)
+
+    @model_validator(mode="after")
+    def _lpips_pair(self) -> EvaluateParams:
+        if bool(self.lpips_vgg16_weights) != bool(self.lpips_heads):
+            raise ValueError("LPIPS needs both lpips_vgg16_weights and lpips_heads (or neither)")
+        return self
+
+
 class Params(Section):
     seed: Seed  # the pipeline's base seed; each stage mixes in its own `seed`
     mask_ratio_buckets: Annotated[list[Fraction], Field(min_length=2)]
@@ -251,6 +270,7 @@ class Params(Section):
     pretrain_segmenter: PretrainSegmenterParams
     pretrain_inpainter: PretrainInpainterParams
     finetune_joint: FinetuneJointParams
+    evaluate: EvaluateParams
 
     @field_validator("mask_ratio_buckets")
     @classmethod

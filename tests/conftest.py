@@ -115,6 +115,7 @@ def tiny_params_raw(tmp_path: Path, coco_root: Path | None = None) -> dict:
     raw["paths"] = {"scenes": str(tmp_path / "scenes"), "pairs": str(tmp_path / "pairs"),
                     "segmenter": str(tmp_path / "models" / "segmenter"),
                     "inpainter": str(tmp_path / "models" / "inpainter"), "joint": str(tmp_path / "models" / "joint"),
+                    "joint_ablation": str(tmp_path / "models" / "joint_ablation"),
                     "reports": str(tmp_path / "reports")}
     raw["scenes"].update(num_images=40, size=64, workers=1)
     raw["synthesize"].update(image_size=48, pairs={"train": 16, "val": 4, "test": 4}, workers=1,
@@ -146,3 +147,62 @@ def copy_repo(dest: Path) -> Path:
                                     "cache", ".sweep")
     shutil.copytree(REPO, dest, ignore=ignore)
     return dest
+
+
+def tiny_training_raw(tmp: Path) -> dict:
+    raw = tiny_params_raw(tmp)
+    raw["synthesize"].update(image_size=32, pairs={"train": 16, "val": 8, "test": 4})
+    raw["paths"].update(segmenter=str(tmp / "models" / "segmenter"), inpainter=str(tmp / "models" / "inpainter"),
+                        joint=str(tmp / "models" / "joint"), joint_ablation=str(tmp / "models" / "joint_ablation"))
+    raw["networks"] = {"image_size": 32, "segmenter": {"width": 8, "depth": 2},
+                       "inpainter": {"width": 8, "residual_blocks": 1, "dilation": 2, "discriminator_width": 8,
+                                     "hole_fill": "smooth", "image_head": "residual01"}}
+    raw["trainer"].update(num_workers=0, log_every_n_steps=1)
+    raw["pretrain_segmenter"].update(epochs=1, batch_size=4)
+    raw["pretrain_inpainter"].update(epochs=1, batch_size=4)
+    raw["finetune_joint"].update(epochs=1, batch_size=4)
+    return raw
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> tuple[Path, dict]:
+    """Tiny scenes and pairs (32 px) on disk, and the raw params that point at them."""
+    from pipelines.stages import scenes, synthesize
+
+    tmp = tmp_path_factory.mktemp("train")
+    raw = tiny_training_raw(tmp)
+    params = parse_params(raw)
+    scenes.run(params)
+    synthesize.run(params)
+    return tmp, raw
+
+
+@pytest.fixture(scope="session")
+def trained(tiny, tmp_path_factory) -> dict:
+    """`tiny` with every training stage run once, into folders of its own (other tests retrain `tiny`'s):
+    the raw params of a pipeline whose checkpoints all exist."""
+    from pipelines.stages import finetune_joint, finetune_joint_ablation, pretrain_inpainter, pretrain_segmenter
+
+    tmp = tmp_path_factory.mktemp("trained")
+    raw = json.loads(json.dumps(tiny[1]))
+    for key in ("segmenter", "inpainter", "joint", "joint_ablation", "reports"):
+        raw["paths"][key] = str(tmp / key)
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
+    try:
+        params = parse_params(raw)
+        for stage in (pretrain_segmenter, pretrain_inpainter, finetune_joint, finetune_joint_ablation):
+            stage.run(params)
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+    return raw
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri

@@ -18,13 +18,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
-import torch
 
 from components.inpainting import InpaintingConfig
 from components.segmenter import SegmenterConfig
+from pipelines.checkpoints import read_checkpoint, sub_state
 from pipelines.common import stage_main
 from pipelines.data import PairsDataModule, pairs_config
-from pipelines.params import Params
+from pipelines.params import Params, ParamsError
 from pipelines.training.harness import fit_stage
 from pipelines.training.inpainter_module import LossWeights, OptimConfig
 from pipelines.training.joint_module import JointConfig, JointModule
@@ -43,33 +43,36 @@ def file_digest(path: Path) -> str:
 
 def load_pretrained(module: JointModule, segmenter_ckpt: Path, inpainter_ckpt: Path) -> None:
     """Copy the pretrained weights into `module`, after checking that their networks match its own."""
-    for path, stage in ((segmenter_ckpt, "pretrain_segmenter"), (inpainter_ckpt, "pretrain_inpainter")):
-        if not path.is_file():
-            raise FileNotFoundError(f"pretrained checkpoint not found: {path} (run `dvc repro {stage}`)")
-    segmenter = torch.load(segmenter_ckpt, map_location="cpu", weights_only=True)
-    inpainter = torch.load(inpainter_ckpt, map_location="cpu", weights_only=True)
+    segmenter = read_checkpoint(segmenter_ckpt, "pretrain_segmenter")
+    inpainter = read_checkpoint(inpainter_ckpt, "pretrain_inpainter")
     expected = {segmenter_ckpt: (segmenter["hyper_parameters"]["config"], asdict(module.segmenter.config)),
                 inpainter_ckpt: (inpainter["hyper_parameters"]["config"], asdict(module.config))}
     for path, (found, wanted) in expected.items():
         differ = sorted(k for k in wanted if found.get(k) != wanted[k])
         if differ:
             pairs = ", ".join(f"{k}: checkpoint {found.get(k)!r} vs params {wanted[k]!r}" for k in differ)
-            raise ValueError(f"{path} does not match params.networks ({pairs}); re-run its pretraining stage")
-    module.segmenter.load_state_dict({k.removeprefix("net."): v for k, v in segmenter["state_dict"].items()})
-    module.nets.load_state_dict({k.removeprefix("nets."): v for k, v in inpainter["state_dict"].items()
-                                 if k.startswith("nets.")})
-    module.discs.load_state_dict({k.removeprefix("discs."): v for k, v in inpainter["state_dict"].items()
-                                  if k.startswith("discs.")})
+            raise ParamsError(f"{path} does not match params.networks ({pairs}); re-run its pretraining stage")
+    module.segmenter.load_state_dict(sub_state(segmenter["state_dict"], "net."))
+    module.nets.load_state_dict(sub_state(inpainter["state_dict"], "nets."))
+    module.discs.load_state_dict(sub_state(inpainter["state_dict"], "discs."))
 
 
-def run(params: Params, experiment: str = "object-removal") -> dict:
+def run(params: Params, experiment: str = "object-removal", ablation: bool = False) -> dict:
+    """Fine-tune end to end; `ablation` trains the same thing without MEL into `paths.joint_ablation`
+    (stage `finetune_joint_ablation`), the comparison the evaluation reports."""
     p, nets, tp, pi = params.finetune_joint, params.networks, params.trainer, params.pretrain_inpainter
+    stage, folder = STAGE, Path(params.paths.joint)
+    if ablation:
+        p = p.model_copy(update={"mel": p.mel.model_copy(update={"enabled": False})})
+        stage, folder = f"{STAGE}_ablation", Path(params.paths.joint_ablation)
     inherited = {"features": pi.features, "vgg19_weights": pi.vgg19_weights, "canny_sigma": pi.canny_sigma}
-    section = {"finetune_joint": p.model_dump(mode="json"), "networks": nets.model_dump(mode="json"),
-               "trainer": tp.model_dump(mode="json"), "seed": params.seed, "pretrain_inpainter": inherited}
+    # the ablation reads no MEL param (no phi in its data either), so sweeping alpha does not re-run it
+    section = {stage: p.model_dump(mode="json", exclude={"mel"} if ablation else None),
+               "networks": nets.model_dump(mode="json"), "trainer": tp.model_dump(mode="json"), "seed": params.seed,
+               "pretrain_inpainter": inherited}
     L.seed_everything(params.seed + p.seed, workers=True, verbose=False)
     data_config, categories, targets = pairs_config(params.paths.pairs, nets.image_size, pi.canny_sigma, p.seed,
-                                                    p.mel.normalization)
+                                                    None if ablation else p.mel.normalization)
     n, s = nets.inpainter, nets.segmenter
     inpainting = InpaintingConfig(len(categories) + 1, n.width, n.residual_blocks, n.dilation,
                                   n.discriminator_width, n.hole_fill, n.image_head)
@@ -82,14 +85,14 @@ def run(params: Params, experiment: str = "object-removal") -> dict:
     inpainter_ckpt = Path(params.paths.inpainter) / "best.ckpt"
     load_pretrained(module, segmenter_ckpt, inpainter_ckpt)
     data = PairsDataModule(data_config, p.batch_size, tp.num_workers)
-    info = fit_stage(STAGE, experiment, section, module, data, tp, p.epochs, Path(params.paths.joint),
+    info = fit_stage(stage, experiment, section, module, data, tp, p.epochs, folder,
                      Path(params.paths.reports), "val/psnr", "joint",
                      {"inpainting": asdict(inpainting), "segmenter": asdict(segmenter), "joint": asdict(joint)},
                      {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],
                       "target_classes": targets, "image_size": nets.image_size, "canny_sigma": pi.canny_sigma},
                      inputs={"segmenter": file_digest(segmenter_ckpt), "inpainter": file_digest(inpainter_ckpt)},
                      baseline=True)
-    log.info("joint: %s", info["metrics"])
+    log.info("%s: %s", stage, info["metrics"])
     return info
 
 

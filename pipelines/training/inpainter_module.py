@@ -47,6 +47,7 @@ class LossWeights:
     image_style: float = 250.0
     image_l1: float = 1.0
     known_weight: float = 1.0  # weight of the known region in the L1 / CE terms (hole = 1)
+    normalize_by: Literal["batch", "image"] = "batch"  # L1 / CE: the batch's masked pixels, or each image's
 
 
 @dataclass(frozen=True)
@@ -167,9 +168,10 @@ class InpainterModule(L.LightningModule):
         _, real_feats = self.discs.edge(real_edge_in)
         loss_edge = w.edge_adv * losses.hinge_g_loss(fake_logits) + w.edge_fm * losses.feature_matching_loss(
             real_feats, fake_feats)
-        seg_ce = losses.masked_cross_entropy(fake["seg_logits"], batch["bg_seg"], mask, 1.0, w.known_weight)
+        seg_ce = losses.masked_cross_entropy(fake["seg_logits"], batch["bg_seg"], mask, 1.0, w.known_weight,
+                                             w.normalize_by)
         loss_seg = w.seg_adv * losses.hinge_g_loss(self.discs.seg(fake["seg_full"])[0]) + w.seg_ce * seg_ce
-        l1 = losses.masked_l1(fake["image"], batch["background"], mask, 1.0, w.known_weight)
+        l1 = losses.masked_l1(fake["image"], batch["background"], mask, 1.0, w.known_weight, w.normalize_by)
         loss_image = w.image_l1 * l1
         if self.image_disc_used or self.vgg is not None:
             fake_p, real_p, fake_s, real_s = self._features(fake["image"], batch["background"])

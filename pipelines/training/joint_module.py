@@ -30,7 +30,7 @@ import torch
 
 from components import losses
 from components.inpainting import InpaintingConfig
-from components.metrics import coverage, mask_iou, psnr, ssim
+from components.metrics import area_ratio, coverage, mask_iou, psnr, ssim
 from components.segmenter import Segmenter, SegmenterConfig
 from components.selection import evaluation_mask, training_mask
 from pipelines.training.inpainter_module import InpainterModule, LossWeights, OptimConfig
@@ -47,11 +47,6 @@ class JointConfig:
     mel_alpha: float = 0.03
     mel_weight: float = 1000.0  # lambda_X
     mel_reduction: Literal["mean", "sum"] = "mean"
-
-
-def mask_ratio(mask: torch.Tensor, true_mask: torch.Tensor) -> torch.Tensor:
-    """|M| / |M_G| per image, (B,); NaN for an empty M_G."""
-    return (mask > 0.5).flatten(1).sum(1).float() / (true_mask > 0.5).flatten(1).sum(1).float()
 
 
 class JointModule(InpainterModule):
@@ -104,7 +99,7 @@ class JointModule(InpainterModule):
             hard = mask.detach()
             logs = {"train/loss": total.detach(), "train/loss_ps": loss_ps, "train/mel": loss_x,
                     "train/coverage": coverage(hard, batch["mask"]).nanmean(),
-                    "train/mask_ratio": mask_ratio(hard, batch["mask"]).nanmean(),
+                    "train/mask_ratio": area_ratio(hard, batch["mask"]).nanmean(),
                     "train/found": found.float().mean(),
                     "train/psnr_mask": psnr(fake["composite"], batch["background"], mask=batch["mask"]).nanmean()}
         self.log_dict({**logs, **{f"train/{k}": v for k, v in g.items()}, **d_logs},
@@ -121,7 +116,7 @@ class JointModule(InpainterModule):
             "val/ssim": ssim(fake["composite"], target).mean(),
             "val/psnr_mask": psnr(fake["composite"], target, mask=true_mask).nanmean(),
             "val/coverage": coverage(mask, true_mask).nanmean(),
-            "val/mask_ratio": mask_ratio(mask, true_mask).nanmean(),
+            "val/mask_ratio": area_ratio(mask, true_mask).nanmean(),
             "val/mask_iou": mask_iou(mask, true_mask).mean(),
             "val/found": (mask.flatten(1).amax(1) > 0).float().mean(),
             "val/loss_ps": losses.segmentation_loss(logits, batch["seg"]),

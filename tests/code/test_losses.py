@@ -38,11 +38,15 @@ def test_masked_l1_is_the_mean_over_masked_pixels():
     torch.manual_seed(0)
     pred, target = torch.rand(2, 3, 6, 6), torch.rand(2, 3, 6, 6)
     mask = torch.zeros(2, 1, 6, 6)
-    mask[0, :, 1:3, 1:4] = 1
-    mask[1, :, 4:6, 0:2] = 1
+    mask[0, :, 1:3, 1:4] = 1  # 6 pixels
+    mask[1, :, 4:6, 0:2] = 1  # 4 pixels
     inside = mask.expand_as(pred).bool()
-    expected = (pred - target).abs()[inside].mean()
+    expected = (pred - target).abs()[inside].mean()  # pooled over the batch's masked pixels
     assert losses.masked_l1(pred, target, mask).item() == pytest.approx(expected.item(), rel=1e-6)
+    # per image: each image's own mean, then the mean of the two
+    per_image = [(pred - target).abs()[b][inside[b]].mean() for b in range(2)]
+    assert losses.masked_l1(pred, target, mask, normalize_by="image").item() == pytest.approx(
+        (sum(per_image) / 2).item(), rel=1e-6)
     # with the known region weighted 1: the whole-image L1 divided by the masked share (EdgeConnect)
     whole = (pred - target).abs().mean() / mask.mean()
     assert losses.masked_l1(pred, target, mask, 1.0, 1.0).item() == pytest.approx(whole.item(), rel=1e-5)

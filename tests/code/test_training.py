@@ -1,5 +1,5 @@
-"""Training: a Lightning fast_dev_run per module, the stages end to end on tiny data (MLflow run,
-checkpoints, metrics, resume), and a 2-process CPU DDP run of a stage."""
+"""Training and evaluation: a Lightning fast_dev_run per module, the stages end to end on tiny data (MLflow
+run, checkpoints, metrics, resume), a 2-process CPU DDP run of a stage, and the evaluate stage's reports."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import lightning as L
 import pytest
 import torch
@@ -19,43 +20,11 @@ from components.inpainting import InpaintingConfig
 from components.segmenter import SegmenterConfig
 from pipelines.data import PairsDataModule, pairs_config
 from pipelines.params import Params, parse_params
-from pipelines.stages import finetune_joint, pretrain_inpainter, pretrain_segmenter, scenes, synthesize
+from pipelines.stages import evaluate, finetune_joint, pretrain_inpainter, pretrain_segmenter
 from pipelines.training.inpainter_module import InpainterModule, LossWeights, OptimConfig
 from pipelines.training.joint_module import JointConfig, JointModule
 from pipelines.training.segmenter_module import SegmenterModule
-from tests.conftest import REPO, tiny_params_raw
-
-
-def tiny_training_raw(tmp: Path) -> dict:
-    raw = tiny_params_raw(tmp)
-    raw["synthesize"].update(image_size=32, pairs={"train": 16, "val": 8, "test": 4})
-    raw["paths"].update(segmenter=str(tmp / "models" / "segmenter"), inpainter=str(tmp / "models" / "inpainter"),
-                        joint=str(tmp / "models" / "joint"))
-    raw["networks"] = {"image_size": 32, "segmenter": {"width": 8, "depth": 2},
-                       "inpainter": {"width": 8, "residual_blocks": 1, "dilation": 2, "discriminator_width": 8,
-                                     "hole_fill": "smooth", "image_head": "residual01"}}
-    raw["trainer"].update(num_workers=0, log_every_n_steps=1)
-    raw["pretrain_segmenter"].update(epochs=1, batch_size=4)
-    raw["pretrain_inpainter"].update(epochs=1, batch_size=4)
-    raw["finetune_joint"].update(epochs=1, batch_size=4)
-    return raw
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> tuple[Path, dict]:
-    tmp = tmp_path_factory.mktemp("train")
-    raw = tiny_training_raw(tmp)
-    params = parse_params(raw)
-    scenes.run(params)
-    synthesize.run(params)
-    return tmp, raw
-
-
-@pytest.fixture
-def mlflow_store(tmp_path, monkeypatch) -> str:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
+from tests.conftest import REPO
 
 
 def _data(raw: dict, sdf: str | None = None) -> tuple:
@@ -172,7 +141,8 @@ def test_inpainter_stage(tiny, mlflow_store):
     assert (folder / "best.ckpt").is_file() and json.loads((folder / "inpainter.json").read_text())["step"] > 0
     assert {"val_psnr_mask", "val_psnr_mask_telea"} <= set(info["metrics"])
     run = MlflowClient(mlflow_store).get_run(info["mlflow_run_id"])
-    assert run.data.params["pretrain_inpainter.losses.image_style"] == "250.0"
+    assert run.data.params["pretrain_inpainter.losses.image_l1"] == "1.0"
+    assert run.data.params["pretrain_inpainter.schedule"] == raw["pretrain_inpainter"]["schedule"]
 
 
 def test_random_mask_pretraining_then_object_masks(tiny, mlflow_store):
@@ -211,7 +181,7 @@ def test_joint_stage_refuses_mismatched_or_missing_checkpoints(tiny, tmp_path):
     with pytest.raises(ValueError, match=r"inpainter/best.ckpt does not match params.networks \(width: checkpoint 8"):
         finetune_joint.run(parse_params(raw))
     raw["paths"]["segmenter"] = str(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="pretrained checkpoint not found: .*nowhere/best.ckpt"):
+    with pytest.raises(FileNotFoundError, match=r"not found: .*nowhere/best.ckpt \(run `dvc repro pretrain_segmenter`"):
         finetune_joint.run(parse_params(raw))
 
 
@@ -244,3 +214,54 @@ def test_vgg_option_without_file_is_a_clear_error(tiny):
     params: Params = parse_params(raw)
     with pytest.raises(FileNotFoundError, match="VGG-19 weights file not found: /nowhere/vgg19.pth"):
         pretrain_inpainter.run(params)
+
+
+def test_evaluate_stage_writes_every_report(trained, mlflow_store):
+    raw = trained
+    info = evaluate.run(parse_params(raw))
+    reports = Path(raw["paths"]["reports"])
+    metrics = json.loads((reports / "metrics.json").read_text())
+    assert set(metrics["methods"]) == {"joint_mel", "joint_no_mel", "pretrained", "pretrained_dilate", "telea",
+                                       "navier_stokes", "oracle"}
+    oracle = metrics["methods"]["oracle"]["all"]
+    assert oracle["coverage"] == 1.0 and oracle["leftover"] == 0.0 and oracle["over_expansion"] == 1.0
+    assert oracle["iou"] == 1.0 and oracle["n"] == metrics["pairs"] == 4
+    pretrained, dilated = metrics["methods"]["pretrained"]["all"], metrics["methods"]["pretrained_dilate"]["all"]
+    if pretrained["over_expansion"] is not None and pretrained["over_expansion"] > 0:
+        assert dilated["over_expansion"] > pretrained["over_expansion"]
+    assert list(metrics["table1"]) == ["-2", "0", "2", "4", "6", "8"]
+    assert metrics["table1"]["0"]["all"]["psnr"] == pytest.approx(oracle["psnr"], abs=1e-3)  # offset 0 = oracle
+    assert metrics["perceptual"]["lpips"].startswith("skipped") and metrics["fid"] is None
+    rows = json.loads((reports / "plots" / "evaluate_buckets.json").read_text())
+    assert all("mask_ratio_pct" in r and "joint_mel" in r for r in rows)
+    grid = cv2.imread(str(reports / "samples.png"))
+    assert grid.shape[0] > 9 * 64 and grid.shape[1] > 5 * 64  # 3 x 3 rows of 5 tiles, 32 px shown at 2x
+    report = (reports / "evaluation.md").read_text()
+    assert "## Table I" in report and "| joint_mel |" in report and "![samples](samples.png)" in report
+    run = MlflowClient(mlflow_store).get_run(info["mlflow_run_id"])
+    assert run.data.tags["stage"] == "evaluate"
+    assert run.data.metrics["methods/oracle/all/coverage"] == 1.0
+    artifacts = {a.path for a in MlflowClient(mlflow_store).list_artifacts(run.info.run_id, "evaluation")}
+    assert artifacts == {"evaluation/metrics.json", "evaluation/evaluation.md", "evaluation/samples.png"}
+
+
+def test_evaluate_with_local_lpips_and_fid_files(trained, tmp_path, mlflow_store):
+    from components.perceptual_metrics import LPIPS
+    from tests.code.test_evaluation import TinyInception
+
+    torch.manual_seed(0)
+    source = LPIPS()
+    torch.save({f"features.{k}": v for k, v in source.features.state_dict().items()}, tmp_path / "vgg16.pth")
+    torch.save({f"lin{k}.model.1.weight": torch.rand_like(lin.weight) for k, lin in enumerate(source.lins)},
+               tmp_path / "heads.pth")
+    torch.jit.script(TinyInception()).save(str(tmp_path / "inception.pt"))
+    raw = json.loads(json.dumps(trained))
+    raw["paths"]["reports"] = str(tmp_path / "reports")
+    raw["evaluate"].update(lpips_vgg16_weights=str(tmp_path / "vgg16.pth"), lpips_heads=str(tmp_path / "heads.pth"),
+                           fid_inception=str(tmp_path / "inception.pt"))
+    metrics = evaluate.run(parse_params(raw))
+    assert metrics["perceptual"]["lpips"] == "computed" and metrics["methods"]["oracle"]["all"]["lpips"] >= 0
+    assert set(metrics["fid"]) == set(metrics["methods"]) and all(v >= -1e-6 for v in metrics["fid"].values())
+    raw["evaluate"]["fid_inception"] = str(tmp_path / "missing.pt")
+    with pytest.raises(FileNotFoundError, match="FID Inception TorchScript file not found"):
+        evaluate.run(parse_params(raw))

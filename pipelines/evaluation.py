@@ -1,0 +1,250 @@
+"""The evaluation: every method on the held-out pairs, metrics by mask-ratio bucket, the paper's Table I.
+
+Methods (all at the networks' working resolution, on the same test pairs):
+
+    joint_mel          the jointly fine-tuned segmenter + inpainters (stage finetune_joint)
+    joint_no_mel       the same without MEL (stage finetune_joint_ablation), when its checkpoint exists
+    pretrained         pretrained segmenter + pretrained inpainters, no joint training
+    pretrained_dilate  the same with the mask dilated by `evaluate.dilation_px`
+    telea, navier_stokes   OpenCV's classical fills of the pretrained segmenter's mask
+    oracle             the true mask M_G + the pretrained inpainters: the upper bound of the mask
+
+A method's mask is the predicted target instance overlapping M_G most (the user's click, simulated);
+when none does, nothing is removed and the output is the input (a failure, scored as such).
+
+Per pair: PSNR and SSIM of the whole image (components.metrics: RGB, skimage's SSIM convention), PSNR
+inside M_G (where the object was), the mask's IoU with M_G, its coverage of M_G, over-expansion
+|M| / |M_G|, leftover (object pixels outside the mask), and LPIPS when its weights are local. FID per
+method over the whole split when the Inception file is local.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+
+from components.inpainting import InpaintingNetworks
+from components.masks import dilate_mask, erode_mask
+from components.metrics import area_ratio, coverage, leftover, mask_iou, psnr, ssim
+from components.perceptual_metrics import LPIPS, frechet_distance, inception_features
+from components.segmenter import Segmenter
+from components.selection import evaluation_mask
+
+PER_PAIR = ("psnr", "ssim", "psnr_mask", "iou", "coverage", "over_expansion", "leftover", "lpips")
+
+
+@dataclass
+class RemovalModel:
+    """A segmenter and the inpainters it feeds: one row of the methods table."""
+
+    segmenter: Segmenter
+    inpainters: InpaintingNetworks
+
+
+@dataclass
+class Evaluation:
+    buckets: list[str]
+    rows: list[dict] = field(default_factory=list)  # one per (method, pair)
+    table1: list[dict] = field(default_factory=list)  # one per (offset, pair)
+    composites: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # method -> (B, 3, H, W) batches
+    samples: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # image, masks, target batches
+
+
+def morph(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Dilate (pixels > 0) or erode (< 0) each (B, 1, H, W) mask with a disk."""
+    out = []
+    for m in mask[:, 0].cpu().numpy() > 0.5:
+        out.append(dilate_mask(m, pixels) if pixels >= 0 else erode_mask(m, -pixels))
+    return torch.from_numpy(np.stack(out)).to(mask)[:, None]
+
+
+def classical_fill(image: torch.Tensor, mask: torch.Tensor, method: int, radius: int = 3) -> torch.Tensor:
+    """OpenCV inpainting (cv2.INPAINT_TELEA or cv2.INPAINT_NS) of each image: (B, 3, H, W) in [0, 1]."""
+    out = []
+    for img, m in zip(image.cpu(), mask.cpu(), strict=True):
+        rgb = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        filled = cv2.inpaint(rgb, (m[0].numpy() > 0.5).astype(np.uint8), radius, method)
+        out.append(torch.from_numpy(filled).permute(2, 0, 1).float() / 255)
+    return torch.stack(out).to(image)
+
+
+def inpaint(model: RemovalModel, batch: dict, mask: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    """The composite of `model`'s inpainters filling `mask` in the batch's images."""
+    return model.inpainters(batch["image"], batch["edges"], seg, mask).composite
+
+
+@torch.no_grad()
+def evaluate_batches(
+    batches, models: dict[str, RemovalModel], target_classes: list[int], dilation_px: int,
+    table1_offsets: list[int], buckets: list[str], lpips: LPIPS | None = None,
+) -> Evaluation:
+    """Run every method on every batch (dicts from PairsDataset plus "bucket" labels)."""
+    result = Evaluation(buckets)
+    pair = 0
+    for batch in batches:
+        image, target, true = batch["image"], batch["background"], batch["mask"]
+        pretrained = models["pretrained"]
+        logits = pretrained.segmenter(image)
+        base_mask, probs = evaluation_mask(logits, target_classes, true), logits.softmax(1)
+        outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # method -> (mask, composite)
+        for name in ("joint_mel", "joint_no_mel"):
+            if name in models:
+                own = models[name].segmenter(image)
+                mask = evaluation_mask(own, target_classes, true)
+                outputs[name] = (mask, inpaint(models[name], batch, mask, own.softmax(1)))
+        outputs["pretrained"] = (base_mask, inpaint(pretrained, batch, base_mask, probs))
+        dilated = morph(base_mask, dilation_px)
+        outputs["pretrained_dilate"] = (dilated, inpaint(pretrained, batch, dilated, probs))
+        outputs["telea"] = (base_mask, classical_fill(image, base_mask, cv2.INPAINT_TELEA))
+        outputs["navier_stokes"] = (base_mask, classical_fill(image, base_mask, cv2.INPAINT_NS))
+        outputs["oracle"] = (true, inpaint(pretrained, batch, true, probs))
+
+        n = len(image)
+        for name, (mask, composite) in outputs.items():
+            scores = {
+                "psnr": psnr(composite, target), "ssim": ssim(composite, target),
+                "psnr_mask": psnr(composite, target, mask=true), "iou": mask_iou(mask, true),
+                "coverage": coverage(mask, true), "over_expansion": area_ratio(mask, true),
+                "leftover": leftover(mask, true).float(),
+            }
+            if lpips is not None:
+                scores["lpips"] = lpips(composite, target)
+            for i in range(n):
+                result.rows.append({"method": name, "pair": pair + i, "bucket": batch["bucket"][i],
+                                    **{k: float(v[i]) for k, v in scores.items()}})
+            result.composites.setdefault(name, []).append(composite)
+            result.samples.setdefault(f"mask_{name}", []).append(mask)
+        for offset in table1_offsets:
+            composite = inpaint(pretrained, batch, morph(true, offset), probs)
+            scores = {"psnr": psnr(composite, target), "ssim": ssim(composite, target)}
+            for i in range(n):
+                result.table1.append({"offset_px": offset, "pair": pair + i, "bucket": batch["bucket"][i],
+                                      **{k: float(v[i]) for k, v in scores.items()}})
+        for key in ("image", "background", "mask"):
+            result.samples.setdefault(key, []).append(batch[key])
+        pair += n
+    return result
+
+
+def _mean(values: list[float]) -> float | None:
+    finite = [v for v in values if not math.isnan(v) and not math.isinf(v)]
+    return round(float(np.mean(finite)), 4) if finite else None
+
+
+def summarize(rows: list[dict], keys: tuple[str, ...], group: str, buckets: list[str]) -> dict:
+    """{group value: {bucket or "all": {metric: mean, "n": count}}}; NaN/inf values (empty masks) are skipped."""
+    table: dict = {}
+    for name in dict.fromkeys(r[group] for r in rows):
+        mine = [r for r in rows if r[group] == name]
+        table[str(name)] = {}
+        for bucket in [*buckets, "all"]:
+            chosen = [r for r in mine if bucket == "all" or r["bucket"] == bucket]
+            if not chosen:
+                continue
+            entry = {k: _mean([r[k] for r in chosen]) for k in keys if k in chosen[0]}
+            entry["n"] = len(chosen)
+            table[str(name)][bucket] = entry
+    return table
+
+
+def fid_scores(evaluation: Evaluation, inception: torch.jit.ScriptModule) -> dict[str, float]:
+    """FID of each method's composites against the ground-truth backgrounds of the same pairs."""
+    real = inception_features(inception, torch.cat(evaluation.samples["background"]))
+    return {name: round(frechet_distance(inception_features(inception, torch.cat(batches)), real), 4)
+            for name, batches in evaluation.composites.items()}
+
+
+def sample_grid(evaluation: Evaluation, method: str, per_case: int, scale: int = 2) -> tuple[np.ndarray, list[dict]]:
+    """Rows of (input, predicted mask, true mask, result, ground truth) for the `per_case` best, median
+    and worst pairs of `method` by PSNR; (H, W, 3) uint8 and the rows' pair ids and PSNR."""
+    from pipelines.training.visuals import grid_image
+
+    rows = sorted((r for r in evaluation.rows if r["method"] == method), key=lambda r: -r["psnr"])
+    middle = len(rows) // 2 - per_case // 2
+    picks = [("best", rows[:per_case]), ("median", rows[middle:middle + per_case]), ("worst", rows[-per_case:])]
+    tensors = {k: torch.cat(v) for k, v in evaluation.samples.items()}
+    composite = torch.cat(evaluation.composites[method])
+    lines, chosen = [], []
+    for case, picked in picks:
+        for r in picked:
+            i = r["pair"]
+            tiles = [tensors["image"][i], tensors[f"mask_{method}"][i].expand(3, -1, -1),
+                     tensors["mask"][i].expand(3, -1, -1), composite[i], tensors["background"][i]]
+            line = torch.stack(tiles)
+            lines.append(torch.nn.functional.interpolate(line, scale_factor=scale, mode="nearest"))
+            chosen.append({"case": case, "pair": i, "bucket": r["bucket"], "psnr": round(r["psnr"], 2)})
+    return grid_image(lines), chosen
+
+
+def markdown_report(metrics: dict, grid_name: str) -> str:
+    """The tables of `metrics` (as written to reports/metrics.json) as Markdown."""
+    buckets = [*metrics["buckets"], "all"]
+    lines = ["# Evaluation", "", f"Split `{metrics['split']}`, {metrics['pairs']} pairs at "
+             f"{metrics['image_size']} px. PSNR in dB (RGB, whole image unless noted); SSIM as scikit-image.", ""]
+
+    def table(title: str, key: str, fmt: str) -> None:
+        lines.extend([f"## {title}", "", "| method | " + " | ".join(buckets) + " |",
+                      "| --- |" + " --- |" * len(buckets)])
+        for name, by_bucket in metrics["methods"].items():
+            cells = [format(by_bucket[b][key], fmt) if b in by_bucket and by_bucket[b].get(key) is not None
+                     else "-" for b in buckets]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+
+    table("PSNR by mask-ratio bucket (%)", "psnr", ".2f")
+    table("PSNR inside M_G", "psnr_mask", ".2f")
+    table("SSIM", "ssim", ".4f")
+    table("Mask IoU with M_G", "iou", ".3f")
+    table("Coverage of M_G", "coverage", ".3f")
+    table("Over-expansion |M| / |M_G|", "over_expansion", ".2f")
+    table("Leftover-object rate", "leftover", ".2f")
+    if metrics["perceptual"].get("lpips") == "computed":
+        table("LPIPS (VGG)", "lpips", ".4f")
+    lines.extend(["## Table I: the true mask eroded (-) or dilated (+), pretrained inpainters", "",
+                  "| offset px | " + " | ".join(buckets) + " |", "| --- |" + " --- |" * len(buckets)])
+    for offset, by_bucket in metrics["table1"].items():
+        cells = [f"{by_bucket[b]['psnr']:.2f} / {by_bucket[b]['ssim']:.3f}" if b in by_bucket else "-"
+                 for b in buckets]
+        lines.append(f"| {offset} | " + " | ".join(cells) + " |")
+    lines.extend(["", "PSNR / SSIM per cell.", "", "## Perceptual metrics", ""])
+    for name, status in metrics["perceptual"].items():
+        lines.append(f"- {name}: {status}")
+    if metrics.get("fid"):
+        lines.append("- FID: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics["fid"].items()))
+    lines.extend(["", f"- Table II: {metrics['table2']}", "", "## Samples", "",
+                  "Rows: best, median and worst pairs of the joint model by PSNR. Columns: input, predicted mask, "
+                  "true mask, result, ground truth.", "", f"![samples]({grid_name})", ""])
+    return "\n".join(lines)
+
+
+def plot_rows(metrics: dict) -> tuple[list[dict], list[dict]]:
+    """DVC plot data: PSNR by bucket (x = the bucket's middle, %) with a column per method, and Table I
+    (x = offset px) with a column per bucket."""
+    by_bucket = []
+    for bucket in metrics["buckets"]:
+        lo, hi = (int(x) for x in bucket.split("-"))
+        row = {"mask_ratio_pct": (lo + hi) / 2}
+        row.update({name: m[bucket]["psnr"] for name, m in metrics["methods"].items() if bucket in m})
+        by_bucket.append(row)
+    table1 = []
+    for offset, cells in metrics["table1"].items():
+        row = {"offset_px": int(offset)}
+        row.update({f"psnr_{b}": c["psnr"] for b, c in cells.items()})
+        table1.append(row)
+    return by_bucket, table1
+
+
+def flat_metrics(tree: dict, prefix: str = "") -> dict[str, float]:
+    """Nested numbers -> {"methods/joint_mel/0-10/psnr": 30.1, ...} for MLflow; None values are left out."""
+    flat: dict[str, float] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_metrics(value, f"{name}/"))
+        elif isinstance(value, int | float) and value is not None:
+            flat[name] = float(value)
+    return flat

@@ -1,0 +1,108 @@
+"""Evaluation metrics and tables: over-expansion and leftover on hand-made masks, FID against torchmetrics,
+LPIPS from local files, the per-bucket summary, plot rows and the Markdown report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from components.metrics import area_ratio, leftover
+from components.perceptual_metrics import LPIPS, frechet_distance, inception_features, load_inception, load_lpips
+from pipelines.evaluation import flat_metrics, markdown_report, morph, plot_rows, summarize
+
+
+class TinyInception(nn.Module):
+    """Stands in for the Inception TorchScript: uint8 (B, 3, H, W) -> (B, 6) features."""
+
+    def forward(self, images: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        x = images.float() / 255
+        return torch.cat([x.mean(dim=(2, 3)), x.flatten(2).std(dim=2)], dim=1)
+
+
+def test_over_expansion_and_leftover():
+    target = torch.zeros(2, 1, 8, 8)
+    target[:, :, 2:6, 2:6] = 1  # 16 pixels
+    pred = torch.zeros(2, 1, 8, 8)
+    pred[0, :, 1:7, 1:7] = 1  # covers it, 36 pixels
+    pred[1, :, 2:6, 2:5] = 1  # misses a column of 4 object pixels
+    assert area_ratio(pred, target).tolist() == pytest.approx([36 / 16, 12 / 16])
+    assert leftover(pred, target).tolist() == [False, True]
+    assert leftover(pred, target, min_pixels=5).tolist() == [False, False]
+    assert torch.isnan(area_ratio(pred, torch.zeros_like(target))).all()
+
+
+def test_morph_dilates_and_erodes():
+    mask = torch.zeros(1, 1, 15, 15)
+    mask[..., 5:10, 5:10] = 1
+    assert morph(mask, 2).sum() > mask.sum() > morph(mask, -1).sum()
+    assert torch.equal(morph(mask, 0), mask)
+
+
+def test_frechet_distance_matches_torchmetrics(tmp_path):
+    torch.manual_seed(0)
+    real = (torch.rand(64, 3, 16, 16) * 255).to(torch.uint8)
+    fake = (torch.rand(64, 3, 16, 16) ** 2 * 255).to(torch.uint8)
+    reference = FrechetInceptionDistance(feature=TinyInception(), normalize=False).double()
+    reference.update(real, real=True)
+    reference.update(fake, real=False)
+    path = tmp_path / "inception.pt"
+    torch.jit.script(TinyInception()).save(str(path))
+    model = load_inception(path)
+    features = {name: inception_features(model, x.float() / 255) for name, x in (("real", real), ("fake", fake))}
+    ours = frechet_distance(features["fake"], features["real"])
+    assert ours == pytest.approx(float(reference.compute()), rel=1e-4)
+    same = inception_features(model, real.float() / 255)
+    assert frechet_distance(same, same) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(FileNotFoundError, match="FID Inception TorchScript file not found: .*nope.pt"):
+        load_inception(tmp_path / "nope.pt")
+
+
+def test_lpips_from_local_files(tmp_path):
+    torch.manual_seed(0)
+    source = LPIPS()
+    torch.save({f"features.{k}": v for k, v in source.features.state_dict().items()}, tmp_path / "vgg16.pth")
+    heads = {f"lin{k}.model.1.weight": torch.rand_like(lin.weight) for k, lin in enumerate(source.lins)}
+    torch.save(heads, tmp_path / "vgg.pth")
+    lpips = load_lpips(tmp_path / "vgg16.pth", tmp_path / "vgg.pth")
+    a, b = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    assert torch.allclose(lpips(a, a), torch.zeros(2), atol=1e-6)
+    assert (lpips(a, b) > 0).all() and torch.allclose(lpips(a, b), lpips(b, a))
+    # by hand for the first layer alone: unit-normalized relu1_2 activations, weighted squared difference
+    x = lambda img: ((img * 2 - 1) - lpips.shift) / lpips.scale  # noqa: E731
+    fa, fb = lpips.features[:4](x(a)), lpips.features[:4](x(b))
+    fa, fb = fa / (fa.pow(2).sum(1, keepdim=True).sqrt() + 1e-10), fb / (fb.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+    first = ((fa - fb) ** 2 * heads["lin0.model.1.weight"]).sum(1).mean(dim=(1, 2))
+    assert torch.allclose(lpips.lins[0]((lpips._taps(a)[0] - lpips._taps(b)[0]) ** 2).mean(dim=(1, 2, 3)), first,
+                          atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="LPIPS heads .* not found"):
+        load_lpips(tmp_path / "vgg16.pth", tmp_path / "missing.pth")
+    torch.save({"lin0.model.1.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="not an LPIPS VGG heads file"):
+        load_lpips(tmp_path / "vgg16.pth", tmp_path / "bad.pth")
+
+
+def test_summary_plots_and_report():
+    rows = [{"method": m, "pair": i, "bucket": b, "psnr": p, "ssim": 0.5, "psnr_mask": float("inf") if i == 0 else p,
+             "iou": 0.5, "coverage": 1.0, "over_expansion": 1.0, "leftover": float(i % 2)}
+            for m, base in (("joint_mel", 30.0), ("pretrained", 25.0))
+            for i, (b, p) in enumerate([("0-10", base), ("0-10", base + 2), ("10-20", base - 1)])]
+    table = summarize(rows, ("psnr", "psnr_mask", "leftover"), "method", ["0-10", "10-20"])
+    assert table["joint_mel"]["0-10"] == {"psnr": 31.0, "psnr_mask": 32.0, "leftover": 0.5, "n": 2}
+    assert table["pretrained"]["all"]["psnr"] == pytest.approx(np.mean([25, 27, 24]), abs=1e-4)
+    metrics = {"split": "test", "pairs": 3, "image_size": 64, "buckets": ["0-10", "10-20"],
+               "methods": summarize(rows, ("psnr", "ssim", "psnr_mask", "iou", "coverage", "over_expansion",
+                                           "leftover"), "method", ["0-10", "10-20"]),
+               "table1": {"-2": {"0-10": {"psnr": 20.0, "ssim": 0.7, "n": 2}, "all": {"psnr": 21.0, "ssim": 0.7}}},
+               "perceptual": {"lpips": "skipped: no files", "fid": "skipped: no file"}, "fid": None,
+               "table2": "skipped: no random-mask model"}
+    by_bucket, table1 = plot_rows(metrics)
+    assert by_bucket[0] == {"mask_ratio_pct": 5.0, "joint_mel": 31.0, "pretrained": 26.0}
+    assert table1 == [{"offset_px": -2, "psnr_0-10": 20.0, "psnr_all": 21.0}]
+    report = markdown_report(metrics, "samples.png")
+    assert "| joint_mel | 31.00 | 29.00 | 30.33 |" in report and "lpips: skipped: no files" in report
+    assert "![samples](samples.png)" in report
+    flat = flat_metrics({"methods": metrics["methods"]})
+    assert flat["methods/joint_mel/0-10/psnr"] == 31.0 and all(isinstance(v, float) for v in flat.values())
