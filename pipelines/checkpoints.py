@@ -8,12 +8,14 @@ config `config`) or `finetune_joint` (`segmenter.*`, `segmenter`), the inpainter
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from components.inpainting import InpaintingConfig, InpaintingNetworks
+from components.removal import RemovalConfig, Remover
 from components.segmenter import Segmenter, SegmenterConfig
 
 
@@ -43,3 +45,18 @@ def inpainters_from(checkpoint: dict[str, Any]) -> InpaintingNetworks:
     nets = InpaintingNetworks(InpaintingConfig(**checkpoint["hyper_parameters"]["config"]))
     nets.load_state_dict(sub_state(checkpoint["state_dict"], "nets."))
     return nets.eval()
+
+
+def remover_from(checkpoint_path: str | Path, stage: str = "finetune_joint") -> Remover:
+    """The `Remover` of a finetune_joint checkpoint, with the target classes and Canny sigma from the JSON
+    the stage wrote beside it."""
+    path = Path(checkpoint_path)
+    checkpoint = read_checkpoint(path, stage)
+    for candidate in sorted(path.parent.glob("*.json")):
+        info = json.loads(candidate.read_text())
+        if "target_classes" in info:
+            break
+    else:
+        raise FileNotFoundError(f"no stage JSON with target_classes beside {path} (the stage writes it)")
+    config = RemovalConfig(tuple(info["target_classes"]), info.get("canny_sigma", 1.0))
+    return Remover(segmenter_from(checkpoint), inpainters_from(checkpoint), config).eval()

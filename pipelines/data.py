@@ -14,8 +14,12 @@ resolution, with:
                                          (joint training's MEL; computed here, in the loader workers,
                                          rather than per step on the training device)
 
-With `mask_source="random"` the object is ignored: the photo is the background itself and the hole
-a free-form brush mask with a ratio drawn over the evaluation buckets (the paper's random-mask
+With `background_share` > 0, that share of the training items shows the bare background I_G with its
+own segmentation and an empty mask: the segmenter also sees scenes with nothing pasted, many of them
+without any person, so it learns that a scene need not contain a target.
+
+With `mask_source="random"` the object is ignored: the photo is the background itself and the hole a
+free-form brush mask with a ratio drawn over the evaluation buckets (the paper's random-mask
 pretraining, Tables II and III). Augmentation (albumentations: flip, brightness/contrast) applies the
 same draw to I and I_G and to every mask, so I == I_G outside M_G still holds. Every random draw of
 item i in epoch e comes from the seed (seed, e, i), so an item can be reproduced alone.
@@ -48,6 +52,7 @@ class PairsConfig:
     canny_sigma: float = 2.0
     seed: int = 0
     sdf_normalization: SdfNormalization | None = None  # set: items carry phi of M_G as "sdf"
+    background_share: float = 0.0  # training items shown as the bare I_G (its own labels, an empty mask)
 
 
 def read_categories(pairs_root: str | Path) -> list[dict]:
@@ -114,6 +119,9 @@ class PairsDataset(Dataset):
             lo, hi = max(edges[bucket], 0.01), edges[bucket + 1]
             image, seg = background.copy(), bg_seg.copy()
             mask = free_form_mask(rng, self.config.image_size, target_ratio=(lo, hi)).astype(np.uint8)
+        elif self.augment and self.config.background_share > 0 and rng.random() < self.config.background_share:
+            # the background alone: a scene with nothing pasted on it (some with no target object at all)
+            image, seg, mask = background.copy(), bg_seg.copy(), np.zeros(bg_seg.shape, np.uint8)
         else:
             image = self._read(files["images"], "rgb")
             seg = self._read(files["segs"], "labels")

@@ -177,6 +177,8 @@ class PretrainSegmenterParams(Section):
     batch_size: PositiveInt
     lr: Annotated[float, Field(gt=0)]
     weight_decay: Annotated[float, Field(ge=0)]
+    schedule: Literal["constant", "cosine"]  # AdamW's learning rate: constant, or a cosine decay to 0
+    background_share: Fraction  # training items shown as the bare background I_G (scenes with nothing pasted)
 
 
 class InpainterLossWeights(Section):

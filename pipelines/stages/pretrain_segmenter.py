@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -33,8 +34,8 @@ def run(params: Params, experiment: str = "object-removal") -> dict:
     L.seed_everything(params.seed + p.seed, workers=True, verbose=False)
     data_config, categories, targets = pairs_config(params.paths.pairs, nets.image_size, 1.0, p.seed)
     config = SegmenterConfig(len(categories) + 1, nets.segmenter.width, nets.segmenter.depth)
-    module = SegmenterModule(config, targets, p.lr, p.weight_decay)
-    data = PairsDataModule(data_config, p.batch_size, tp.num_workers)
+    module = SegmenterModule(config, targets, p.lr, p.weight_decay, p.schedule)
+    data = PairsDataModule(replace(data_config, background_share=p.background_share), p.batch_size, tp.num_workers)
     info = fit_stage(STAGE, experiment, section, module, data, tp, p.epochs, Path(params.paths.segmenter),
                      Path(params.paths.reports), "val/mask_iou", "segmenter", {**config.__dict__},
                      {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],

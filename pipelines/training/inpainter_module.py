@@ -33,6 +33,7 @@ from components.inpainting import InpaintingConfig, InpaintingDiscriminators, In
 from components.masks import to_gray
 from components.metrics import psnr, ssim
 from components.vgg import PERCEPTUAL_LAYERS, STYLE_LAYERS, load_vgg19
+from pipelines.training.schedule import CosineToZero
 from pipelines.training.visuals import grid_image, log_grid
 
 
@@ -56,17 +57,6 @@ class OptimConfig:
     d_lr_ratio: float = 0.1
     betas: tuple[float, float] = (0.0, 0.9)
     schedule: Literal["constant", "cosine"] = "constant"  # cosine: every lr decays to 0 over the whole fit
-
-
-class CosineToZero:
-    """LambdaLR factor: half a cosine from 1 to 0 over `total` updates (a picklable callable, so the
-    scheduler's state survives a checkpoint)."""
-
-    def __init__(self, total: int):
-        self.total = max(int(total), 1)
-
-    def __call__(self, step: int) -> float:
-        return 0.5 * (1 + math.cos(math.pi * min(step, self.total) / self.total))
 
 
 def telea_fill(image: torch.Tensor, mask: torch.Tensor, radius: int = 3) -> torch.Tensor:
@@ -180,6 +170,12 @@ class InpainterModule(L.LightningModule):
                           + w.image_style * losses.style_loss(fake_s, real_s))
         return {"loss_edge": loss_edge, "loss_seg": loss_seg, "loss_image": loss_image, "l1": l1, "seg_ce": seg_ce}
 
+    def step_schedulers(self) -> None:
+        """One step of every learning-rate schedule (none with schedule: constant)."""
+        schedulers = self.lr_schedulers()
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
+            scheduler.step()
+
     # ----------------------------------------------------------------------------- training
     def training_step(self, batch: dict, batch_idx: int) -> None:
         g_edge, d_edge, g_seg, d_seg, g_image, d_image = self.optimizers()
@@ -194,8 +190,7 @@ class InpainterModule(L.LightningModule):
             opt.step()
         for opt in (d_edge, d_seg, d_image):  # the generator pass left gradients in the discriminators
             opt.zero_grad(set_to_none=True)
-        for scheduler in self.lr_schedulers() or []:
-            scheduler.step()
+        self.step_schedulers()
         with torch.no_grad():
             psnr_mask = psnr(fake["composite"], batch["background"], mask=batch["mask"]).nanmean()
         self.log_dict({**{f"train/{k}": v for k, v in g.items()}, "train/psnr_mask": psnr_mask, **d_logs},
@@ -248,5 +243,6 @@ class InpainterModule(L.LightningModule):
         trainer = self.trainer
         total = (trainer.estimated_stepping_batches if trainer.max_steps == -1
                  else trainer.max_steps // len(optimizers))
+        idle = optimizers[5] if not self.image_disc_used else None  # the image discriminator never steps
         return optimizers, [torch.optim.lr_scheduler.LambdaLR(opt, CosineToZero(math.ceil(total)))
-                            for opt in optimizers]
+                            for opt in optimizers if opt is not idle]

@@ -93,8 +93,7 @@ class JointModule(InpainterModule):
             opt.step()
         for opt in (d_edge, d_seg, d_image):
             opt.zero_grad(set_to_none=True)
-        for scheduler in self.lr_schedulers() or []:
-            scheduler.step()
+        self.step_schedulers()
         with torch.no_grad():
             hard = mask.detach()
             logs = {"train/loss": total.detach(), "train/loss_ps": loss_ps, "train/mel": loss_x,

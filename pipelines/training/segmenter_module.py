@@ -8,6 +8,7 @@ most (the selection rule of end-to-end training).
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Literal
 
 import lightning as L
 import torch
@@ -16,14 +17,16 @@ from components.losses import segmentation_loss
 from components.metrics import mask_iou
 from components.segmenter import Segmenter, SegmenterConfig
 from components.selection import evaluation_mask
+from pipelines.training.schedule import CosineToZero
 from pipelines.training.visuals import colorize, grid_image, log_grid
 
 
 class SegmenterModule(L.LightningModule):
-    def __init__(self, config: SegmenterConfig, target_classes: list[int], lr: float, weight_decay: float):
+    def __init__(self, config: SegmenterConfig, target_classes: list[int], lr: float, weight_decay: float,
+                 schedule: Literal["constant", "cosine"] = "constant"):
         super().__init__()
         self.save_hyperparameters({"config": asdict(config), "target_classes": target_classes, "lr": lr,
-                                   "weight_decay": weight_decay})
+                                   "weight_decay": weight_decay, "schedule": schedule})
         self.net = Segmenter(config)
         self.target_classes = target_classes
         self._sample: dict | None = None
@@ -63,6 +66,10 @@ class SegmenterModule(L.LightningModule):
         rows = [s["image"], colorize(s["seg"], classes), colorize(s["pred"], classes), s["sel"].expand(-1, 3, -1, -1)]
         log_grid(self, grid_image(rows), f"samples/segmenter_epoch_{self.current_epoch:03d}.png")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self):
         hp = self.hparams
-        return torch.optim.AdamW(self.net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+        optimizer = torch.optim.AdamW(self.net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+        if hp.get("schedule", "constant") == "constant":
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, CosineToZero(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,4 +1,5 @@
-"""A real `dvc repro` of the data stages in a temporary copy of the repository, on tiny params."""
+"""A real `dvc repro` in a temporary copy of the repository, on tiny params: the data stages, then the
+whole graph through `evaluate`, and an experiment that changes MEL's alpha seen by `dvc metrics diff`."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import copy_repo, tiny_params_raw
+from tests.conftest import copy_repo, tiny_training_raw
 
 pytestmark = pytest.mark.slow
 
 
-def _sh(repo: Path, *args: str) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", NO_ALBUMENTATIONS_UPDATE="1")
+def _sh(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", NO_ALBUMENTATIONS_UPDATE="1",
+               **(env or {}))
     done = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout + done.stderr
@@ -26,9 +28,10 @@ def _sh(repo: Path, *args: str) -> str:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     repo = copy_repo(tmp_path_factory.mktemp("dvc") / "repo")
-    raw = tiny_params_raw(Path("unused"))
+    raw = tiny_training_raw(Path("unused"))
     raw["paths"] = {"scenes": "data/scenes", "pairs": "data/pairs", "segmenter": "models/segmenter",
-                    "inpainter": "models/inpainter", "reports": "reports"}
+                    "inpainter": "models/inpainter", "joint": "models/joint", "joint_ablation": "models/joint_ablation",
+                    "reports": "reports"}
     raw["dataset"]["root"] = "data/scenes"
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     if not (repo / ".git").exists():
@@ -42,7 +45,7 @@ def test_repro_then_status_clean_then_nothing_to_do(repo):
     out = _sh(repo, "dvc", "repro", "synthesize")
     assert "Running stage 'scenes'" in out and "Running stage 'synthesize'" in out
     summary = json.loads((repo / "data" / "pairs" / "summary.json").read_text())
-    assert summary["pairs"] == {"train": 16, "val": 4, "test": 4}
+    assert summary["pairs"] == {"train": 16, "val": 8, "test": 4}
     metrics = json.loads((repo / "reports" / "synthesize.json").read_text())
     assert metrics["pairs"]["train"] == 16
     assert "up to date" in _sh(repo, "dvc", "status", "synthesize")
@@ -62,3 +65,24 @@ def test_exp_run_with_another_seed_changes_the_data(repo):
     assert after != before
     diff = _sh(repo, "dvc", "params", "diff")
     assert "synthesize.seed" in diff and "7" in diff
+
+
+def test_whole_graph_then_an_alpha_experiment_changes_the_metrics(repo):
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow.db"}
+    out = _sh(repo, "dvc", "repro", "evaluate", env=env)
+    for stage in ("pretrain_segmenter", "pretrain_inpainter", "finetune_joint", "finetune_joint_ablation", "evaluate"):
+        assert f"Running stage '{stage}'" in out
+    metrics = json.loads((repo / "reports" / "metrics.json").read_text())
+    assert {"joint_mel", "joint_no_mel", "oracle"} <= set(metrics["methods"])
+    assert (repo / "reports" / "samples.png").is_file() and (repo / "reports" / "evaluation.md").is_file()
+    assert "up to date" in _sh(repo, "dvc", "status", "evaluate", env=env)
+    shown = _sh(repo, "dvc", "metrics", "show", "--json", env=env)
+    assert "reports/metrics.json" in shown and "reports/finetune_joint.json" in shown
+    _sh(repo, "git", "add", "-A")
+    _sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "pipeline", "--allow-empty")
+    out = _sh(repo, "dvc", "exp", "run", "-S", "finetune_joint.mel.alpha=0.3", "evaluate", env=env)
+    assert "Running stage 'finetune_joint'" in out and "Running stage 'finetune_joint_ablation'" not in out
+    diff = json.loads(_sh(repo, "dvc", "metrics", "diff", "--json", env=env))
+    changed = diff["reports/metrics.json"]
+    assert any(key.startswith("methods.joint_mel.") and value["diff"] for key, value in changed.items())
+    assert not any(key.startswith("methods.joint_no_mel.") and value["diff"] for key, value in changed.items())

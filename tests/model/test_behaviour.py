@@ -1,0 +1,123 @@
+"""Behaviour of a trained object-removal model (STYLE.md's `tests/model`).
+
+The model is the pipeline's joint model when `dvc repro` has produced `models/joint` in this checkout;
+otherwise a small one is trained here from scratch (scenes -> pairs -> segmenter -> inpainters -> joint,
+48 px, about a minute on two CPU cores). The inputs are made for the occasion by the scene generator: stuff-only
+scenes (sky or wall over textured ground, no objects), with and without a person standing on them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from components import scene_figures as figs
+from components import scenes
+from components.metrics import coverage, psnr
+from components.removal import Remover
+from pipelines.checkpoints import remover_from
+from pipelines.params import parse_params
+from tests.conftest import REPO, tiny_params_raw
+
+PSNR_FLOOR = 26.0  # dB, whole image, after removing one person from a plain texture
+PSNR_GAIN = 6.0  # dB above the input with the person still in it
+
+
+def _train_small_model(tmp: Path) -> Path:
+    """The pipeline's stages on a reduced profile: 32 px, narrow networks, ~1,200 pairs."""
+    from pipelines.stages import finetune_joint, pretrain_inpainter, pretrain_segmenter, scenes, synthesize
+
+    raw = tiny_params_raw(tmp)
+    raw["scenes"].update(num_images=600, size=64)
+    raw["synthesize"].update(image_size=64, pairs={"train": 1200, "val": 40, "test": 8}, min_object_area=60)
+    raw["networks"] = {"image_size": 32, "segmenter": {"width": 16, "depth": 2},
+                       "inpainter": {"width": 8, "residual_blocks": 2, "dilation": 2, "discriminator_width": 8,
+                                     "hole_fill": "smooth", "image_head": "residual01"}}
+    raw["trainer"].update(num_workers=0)
+    raw["pretrain_segmenter"].update(epochs=8, batch_size=32, lr=0.004)
+    raw["pretrain_inpainter"].update(epochs=2, batch_size=16)
+    raw["finetune_joint"].update(epochs=1, batch_size=16)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
+    try:
+        params = parse_params(raw)
+        for stage in (scenes, synthesize, pretrain_segmenter, pretrain_inpainter, finetune_joint):
+            stage.run(params)
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI")
+    return Path(raw["paths"]["joint"]) / "best.ckpt"
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> tuple[Remover, int]:
+    """(remover, working resolution)."""
+    checkpoint = REPO / "models" / "joint" / "best.ckpt"
+    if not checkpoint.is_file():
+        checkpoint = _train_small_model(tmp_path_factory.mktemp("behaviour"))
+    size = json.loads((checkpoint.parent / "joint.json").read_text())["image_size"]
+    return remover_from(checkpoint), size
+
+
+def _to_working(planes: np.ndarray, size: int) -> torch.Tensor:
+    """(3, 2s, 2s) float planes -> (1, 3, s, s) on the uint8 grid, area-downsampled as the pairs are."""
+    rgb = (np.clip(planes.transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8)
+    small = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(small).permute(2, 0, 1).float()[None] / 255
+
+
+def plain_background(seed: int, size: int) -> tuple[np.ndarray, torch.Tensor]:
+    """A scene with stuff only (sky or wall over grass, road, water or sand; real textures, no objects),
+    rendered at twice `size` like the built-in scenes and downsampled: (planes at 2x, (1, 3, s, s))."""
+    planes = scenes.layout_stuff(np.random.default_rng(seed), 2 * size).rgb
+    return planes, _to_working(planes, size)
+
+
+def with_person(planes: np.ndarray, seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A standing person pasted on the 2x background, downsampled, and the person's mask (1, 1, s, s)
+    (every pixel the person touches, as the training pairs' masks)."""
+    big = 2 * size
+    sprite = figs.draw_person(np.random.default_rng(seed), big * 0.5, 0.93 * big, 0.6 * big, big, 2, 0.5)
+    image = planes.copy()
+    h, w = sprite.alpha.shape
+    region = image[:, sprite.y0:sprite.y0 + h, sprite.x0:sprite.x0 + w]
+    region *= 1 - sprite.alpha
+    region += sprite.premult
+    mask = np.zeros((big, big), np.float32)
+    mask[sprite.y0:sprite.y0 + h, sprite.x0:sprite.x0 + w] = sprite.alpha >= 0.1
+    small = cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA) > 0
+    return _to_working(image, size), torch.from_numpy(small).float()[None, None]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pixels_outside_the_mask_are_unchanged(model, seed):
+    remover, size = model
+    image, person = with_person(plain_background(seed, size)[0], seed, size)
+    for removal in (remover(image), remover(image, expand_px=2), remover(image, mask=person)):
+        outside = (removal.mask == 0).expand_as(image)
+        assert torch.equal(removal.composite[outside], image[outside])
+    assert torch.equal(remover(image, mask=person).mask, person)
+
+
+@pytest.mark.parametrize("seed", [10, 11, 12, 13])
+def test_no_target_object_gives_an_empty_mask_and_the_same_image(model, seed):
+    remover, size = model
+    image = plain_background(seed, size)[1]
+    removal = remover(image)
+    assert removal.mask.sum() == 0
+    assert torch.equal(removal.composite, image)
+
+
+@pytest.mark.parametrize("seed", [20, 21, 22])
+def test_a_person_on_a_plain_background_is_removed(model, seed):
+    remover, size = model
+    planes, background = plain_background(seed, size)
+    image, person = with_person(planes, seed, size)
+    removal = remover(image, expand_px=1)
+    assert coverage(removal.mask, person).item() >= 0.95
+    before, after = psnr(image, background).item(), psnr(removal.composite, background).item()
+    assert after >= PSNR_FLOOR and after >= before + PSNR_GAIN, (before, after)
