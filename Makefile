@@ -38,7 +38,7 @@ lock:
 		$(TORCH_SOURCE) --override torch-override.txt -o requirements.lock
 
 lint: install
-	$(BIN)/ruff check components pipelines serving tests benchmarks
+	$(BIN)/ruff check components pipelines tests benchmarks
 
 clean-venv:
 	rm -rf $(VENV)

@@ -27,6 +27,7 @@ from components.coco import mask_bbox
 
 ALPHA_FLOOR = 0.1  # soft alpha below this is not painted (keeps M_G tight around visible change)
 BLEND_MODES = ("none", "gaussian", "poisson", "motion_blur")
+POISSON_MIN_SIDE = 3  # px: OpenCV's seamlessClone needs a mask at least this wide and tall
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,12 @@ def _poisson(background: np.ndarray, canvas: np.ndarray, hard: np.ndarray) -> np
 
     The frame is padded first: OpenCV's solver needs the mask to stay off the image border.
     The clone centre is chosen so OpenCV's ROI (centre - size // 2) lands exactly on the mask.
+    A mask whose bounding box is under 3 px wide or tall makes OpenCV 5's seamlessClone fail an
+    assertion (`!fixedSize()`); such a sliver is pasted as it is (the colours of `canvas`).
     """
+    ys, xs = np.nonzero(hard)
+    if xs.size == 0 or np.ptp(xs) + 1 < POISSON_MIN_SIDE or np.ptp(ys) + 1 < POISSON_MIN_SIDE:
+        return canvas.astype(np.float32)
     pad = 4
     bg = cv2.copyMakeBorder(background, pad, pad, pad, pad, cv2.BORDER_REFLECT)
     src = cv2.copyMakeBorder(np.clip(canvas, 0, 255).astype(np.uint8), pad, pad, pad, pad, cv2.BORDER_REFLECT)

@@ -66,11 +66,13 @@ Normalization = Literal["batch", "image"]
 
 def _normalize(per_image_sum: torch.Tensor, mask: torch.Tensor, normalize_by: Normalization) -> torch.Tensor:
     """(B,) weighted sums -> one loss: divided by the batch's masked pixels ("batch": big holes weigh
-    more), or by each image's own masked pixels and then averaged ("image": every image weighs the same,
-    as a per-image mean metric such as PSNR does)."""
+    more), or by each image's own masked pixels and then averaged over the images that have a hole
+    ("image": every image weighs the same, as a per-image mean metric such as PSNR does)."""
     masked = mask.flatten(1).sum(dim=1)  # (B,)
     if normalize_by == "image":
-        return (per_image_sum / masked.clamp_min(1.0)).mean()
+        has_hole = masked > 0
+        per_image = torch.where(has_hole, per_image_sum / masked.clamp_min(1.0), torch.zeros_like(per_image_sum))
+        return per_image.sum() / has_hole.sum().clamp_min(1)
     return per_image_sum.sum() / masked.sum().clamp_min(1.0)
 
 

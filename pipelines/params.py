@@ -239,6 +239,7 @@ class FinetuneJointParams(Section):
     schedule: Literal["constant", "cosine"]
     segmentation_weight: Annotated[float, Field(ge=0)]  # weight of L_PS in L_SN (paper: 1)
     selection_margin: Annotated[int, Field(ge=0)]  # px around the selection and M_G that m_hat covers
+    background_share: Fraction  # training items shown as the bare I_G: only L_PS learns from them
     losses: InpainterLossWeights
     mel: MelParams
 

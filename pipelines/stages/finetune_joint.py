@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import lightning as L
@@ -24,7 +24,7 @@ from components.segmenter import SegmenterConfig
 from pipelines.checkpoints import read_checkpoint, sub_state
 from pipelines.common import stage_main
 from pipelines.data import PairsDataModule, pairs_config
-from pipelines.params import Params, ParamsError
+from pipelines.params import FinetuneJointParams, Params, ParamsError
 from pipelines.training.harness import fit_stage
 from pipelines.training.inpainter_module import LossWeights, OptimConfig
 from pipelines.training.joint_module import JointConfig, JointModule
@@ -57,6 +57,29 @@ def load_pretrained(module: JointModule, segmenter_ckpt: Path, inpainter_ckpt: P
     module.discs.load_state_dict(sub_state(inpainter["state_dict"], "discs."))
 
 
+def build(
+    params: Params, section: FinetuneJointParams, signed_distance: bool = True
+) -> tuple[JointModule, PairsDataModule, list[dict], list[int]]:
+    """The joint module with the pretrained weights loaded, its data (with `phi` per item when
+    `signed_distance`), the categories and the target classes, for one `finetune_joint`-shaped
+    `section` of params (the ablation passes its own)."""
+    p, nets, pi = section, params.networks, params.pretrain_inpainter
+    data_config, categories, targets = pairs_config(params.paths.pairs, nets.image_size, pi.canny_sigma, p.seed,
+                                                    p.mel.normalization if signed_distance else None)
+    n, s = nets.inpainter, nets.segmenter
+    inpainting = InpaintingConfig(len(categories) + 1, n.width, n.residual_blocks, n.dilation,
+                                  n.discriminator_width, n.hole_fill, n.image_head)
+    segmenter = SegmenterConfig(len(categories) + 1, s.width, s.depth)
+    joint = JointConfig(tuple(targets), p.segmenter_lr, p.segmentation_weight, p.selection_margin, p.mel.enabled,
+                        p.mel.alpha, p.mel.weight, p.mel.reduction)
+    module = JointModule(inpainting, segmenter, joint, LossWeights(**p.losses.model_dump()),
+                         OptimConfig(p.lr, p.d_lr_ratio, p.betas, p.schedule), pi.features, pi.vgg19_weights)
+    load_pretrained(module, Path(params.paths.segmenter) / "best.ckpt", Path(params.paths.inpainter) / "best.ckpt")
+    data = PairsDataModule(replace(data_config, background_share=p.background_share), p.batch_size,
+                           params.trainer.num_workers)
+    return module, data, categories, targets
+
+
 def run(params: Params, experiment: str = "object-removal", ablation: bool = False) -> dict:
     """Fine-tune end to end; `ablation` trains the same thing without MEL into `paths.joint_ablation`
     (stage `finetune_joint_ablation`), the comparison the evaluation reports."""
@@ -71,23 +94,13 @@ def run(params: Params, experiment: str = "object-removal", ablation: bool = Fal
                "networks": nets.model_dump(mode="json"), "trainer": tp.model_dump(mode="json"), "seed": params.seed,
                "pretrain_inpainter": inherited}
     L.seed_everything(params.seed + p.seed, workers=True, verbose=False)
-    data_config, categories, targets = pairs_config(params.paths.pairs, nets.image_size, pi.canny_sigma, p.seed,
-                                                    None if ablation else p.mel.normalization)
-    n, s = nets.inpainter, nets.segmenter
-    inpainting = InpaintingConfig(len(categories) + 1, n.width, n.residual_blocks, n.dilation,
-                                  n.discriminator_width, n.hole_fill, n.image_head)
-    segmenter = SegmenterConfig(len(categories) + 1, s.width, s.depth)
-    joint = JointConfig(tuple(targets), p.segmenter_lr, p.segmentation_weight, p.selection_margin, p.mel.enabled,
-                        p.mel.alpha, p.mel.weight, p.mel.reduction)
-    module = JointModule(inpainting, segmenter, joint, LossWeights(**p.losses.model_dump()),
-                         OptimConfig(p.lr, p.d_lr_ratio, p.betas, p.schedule), pi.features, pi.vgg19_weights)
+    module, data, categories, targets = build(params, p, signed_distance=not ablation)
     segmenter_ckpt = Path(params.paths.segmenter) / "best.ckpt"
     inpainter_ckpt = Path(params.paths.inpainter) / "best.ckpt"
-    load_pretrained(module, segmenter_ckpt, inpainter_ckpt)
-    data = PairsDataModule(data_config, p.batch_size, tp.num_workers)
     info = fit_stage(stage, experiment, section, module, data, tp, p.epochs, folder,
                      Path(params.paths.reports), "val/psnr", "joint",
-                     {"inpainting": asdict(inpainting), "segmenter": asdict(segmenter), "joint": asdict(joint)},
+                     {"inpainting": asdict(module.config), "segmenter": asdict(module.segmenter.config),
+                      "joint": asdict(module.joint)},
                      {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],
                       "target_classes": targets, "image_size": nets.image_size, "canny_sigma": pi.canny_sigma},
                      inputs={"segmenter": file_digest(segmenter_ckpt), "inpainter": file_digest(inpainter_ckpt)},

@@ -28,7 +28,6 @@ from components.scenes import CATEGORIES, SceneConfig, generate_scene
 from pipelines.common import (
     atomic_dir,
     bounded_map,
-    git_revision,
     params_hash,
     process_pool,
     stage_main,
@@ -101,8 +100,9 @@ def run(params: Params) -> dict:
             for target, anns in ((things, image_things), (stuff, image_stuff)):
                 start = len(target) + 1
                 target += [{"id": start + k, "image_id": image["id"], **ann} for k, ann in enumerate(anns)]
-        info = {"description": "built-in synthetic scenes", "params_hash": params_hash(cfg),
-                "git_revision": git_revision()}
+        # no git revision here: the data must be the same bytes for the same params at any commit (dvc.lock,
+        # MLflow and the checkpoints' JSON record the revision)
+        info = {"description": "built-in synthetic scenes", "params_hash": params_hash(cfg)}
         thing_cats = [c for c in categories if c["isthing"]]
         stuff_cats = [c for c in categories if not c["isthing"]]
         write_json(tmp / "annotations" / "instances.json",

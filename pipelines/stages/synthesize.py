@@ -21,7 +21,6 @@ from components.coco import DatasetError
 from components.copy_paste import PasteConfig
 from pipelines.common import (
     atomic_dir,
-    git_revision,
     params_hash,
     process_pool,
     stage_main,
@@ -82,7 +81,6 @@ def run(params: Params) -> dict:
             files=PAIR_FILES,
             params_hash=params_hash(cfg),
             dataset_root=params.dataset.root,
-            git_revision=git_revision(),
         )
         write_json(tmp / "summary.json", summary)
     metrics = {key: summary[key] for key in ("pairs", "buckets", "blend")}

@@ -140,3 +140,17 @@ def test_buckets():
     assert bucket_of(0.1, edges) == "10-20"
     assert bucket_of(0.4, edges) == "30-40"
     assert bucket_of(0.41, edges) is None
+
+
+@pytest.mark.parametrize("width", [1, 2])
+def test_poisson_on_a_sliver_pastes_it_as_it_is(width):
+    """OpenCV 5's seamlessClone asserts on masks under 3 px wide; such slivers are pasted unblended."""
+    rng = np.random.default_rng(0)
+    background = rng.integers(0, 255, (40, 40, 3)).astype(np.uint8)
+    canvas = rng.uniform(0, 255, (40, 40, 3)).astype(np.float32)
+    coverage = np.zeros((40, 40), np.float32)
+    coverage[5:35, 20:20 + width] = 1.0
+    image, mask, alpha = blend(background, canvas, coverage, "poisson", CONFIG, rng)
+    assert mask.sum() == 30 * width
+    np.testing.assert_array_equal(image[mask], np.round(canvas[mask]).astype(np.uint8))
+    np.testing.assert_array_equal(image[~mask], background[~mask])

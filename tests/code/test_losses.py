@@ -47,6 +47,10 @@ def test_masked_l1_is_the_mean_over_masked_pixels():
     per_image = [(pred - target).abs()[b][inside[b]].mean() for b in range(2)]
     assert losses.masked_l1(pred, target, mask, normalize_by="image").item() == pytest.approx(
         (sum(per_image) / 2).item(), rel=1e-6)
+    # an image without a hole (a bare background in joint training) is left out, not divided by zero
+    no_hole = torch.cat([mask[:1], torch.zeros_like(mask[:1])])
+    assert losses.masked_l1(pred, target, no_hole, 1.0, 1.0, normalize_by="image").item() == pytest.approx(
+        ((pred - target).abs()[0].sum() / 3 / 6).item(), rel=1e-6)
     # with the known region weighted 1: the whole-image L1 divided by the masked share (EdgeConnect)
     whole = (pred - target).abs().mean() / mask.mean()
     assert losses.masked_l1(pred, target, mask, 1.0, 1.0).item() == pytest.approx(whole.item(), rel=1e-5)
