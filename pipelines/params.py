@@ -31,6 +31,7 @@ class Paths(Section):
     joint: str  # jointly fine-tuned segmenter + inpainters (stage `finetune_joint`)
     joint_ablation: str  # the same without MEL (stage `finetune_joint_ablation`)
     reports: str  # DVC metrics and plots
+    onnx: str  # the joint model as ONNX graphs + model.json (stage `export`)
 
 
 class ScenesParams(Section):
@@ -261,6 +262,12 @@ class EvaluateParams(Section):
         return self
 
 
+class ExportParams(Section):
+    opset: Annotated[int, Field(ge=18)]  # ONNX opset of the exported graphs (torch's dynamo exporter)
+    parity_pairs: PositiveInt  # test pairs on which ONNX Runtime is compared with PyTorch
+    tolerance: Annotated[float, Field(gt=0)]  # largest |ORT - PyTorch| allowed on probabilities and on the fill
+
+
 class Params(Section):
     seed: Seed  # the pipeline's base seed; each stage mixes in its own `seed`
     mask_ratio_buckets: Annotated[list[Fraction], Field(min_length=2)]
@@ -274,6 +281,7 @@ class Params(Section):
     pretrain_inpainter: PretrainInpainterParams
     finetune_joint: FinetuneJointParams
     evaluate: EvaluateParams
+    export: ExportParams
 
     @field_validator("mask_ratio_buckets")
     @classmethod

@@ -116,7 +116,7 @@ def tiny_params_raw(tmp_path: Path, coco_root: Path | None = None) -> dict:
                     "segmenter": str(tmp_path / "models" / "segmenter"),
                     "inpainter": str(tmp_path / "models" / "inpainter"), "joint": str(tmp_path / "models" / "joint"),
                     "joint_ablation": str(tmp_path / "models" / "joint_ablation"),
-                    "reports": str(tmp_path / "reports")}
+                    "reports": str(tmp_path / "reports"), "onnx": str(tmp_path / "models" / "onnx")}
     raw["scenes"].update(num_images=40, size=64, workers=1)
     raw["synthesize"].update(image_size=48, pairs={"train": 16, "val": 4, "test": 4}, workers=1,
                              min_object_area=40)

@@ -1,5 +1,5 @@
 """A real `dvc repro` in a temporary copy of the repository, on tiny params: the data stages, then the
-whole graph through `evaluate`, and an experiment that changes MEL's alpha seen by `dvc metrics diff`."""
+whole graph through `evaluate` and `export`, and an experiment that changes MEL's alpha seen by `dvc metrics diff`."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def repo(tmp_path_factory) -> Path:
     raw = tiny_training_raw(Path("unused"))
     raw["paths"] = {"scenes": "data/scenes", "pairs": "data/pairs", "segmenter": "models/segmenter",
                     "inpainter": "models/inpainter", "joint": "models/joint", "joint_ablation": "models/joint_ablation",
-                    "reports": "reports"}
+                    "reports": "reports", "onnx": "models/onnx"}
     raw["dataset"]["root"] = "data/scenes"
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     if not (repo / ".git").exists():
@@ -69,13 +69,15 @@ def test_exp_run_with_another_seed_changes_the_data(repo):
 
 def test_whole_graph_then_an_alpha_experiment_changes_the_metrics(repo):
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow.db"}
-    out = _sh(repo, "dvc", "repro", "evaluate", env=env)
-    for stage in ("pretrain_segmenter", "pretrain_inpainter", "finetune_joint", "finetune_joint_ablation", "evaluate"):
+    out = _sh(repo, "dvc", "repro", env=env)
+    for stage in ("pretrain_segmenter", "pretrain_inpainter", "finetune_joint", "finetune_joint_ablation", "evaluate",
+                  "export"):
         assert f"Running stage '{stage}'" in out
+    assert {p.name for p in (repo / "models" / "onnx").iterdir()} == {"segmenter.onnx", "inpainter.onnx", "model.json"}
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
     assert {"joint_mel", "joint_no_mel", "oracle"} <= set(metrics["methods"])
     assert (repo / "reports" / "samples.png").is_file() and (repo / "reports" / "evaluation.md").is_file()
-    assert "up to date" in _sh(repo, "dvc", "status", "evaluate", env=env)
+    assert "up to date" in _sh(repo, "dvc", "status", env=env)
     shown = _sh(repo, "dvc", "metrics", "show", "--json", env=env)
     assert "reports/metrics.json" in shown and "reports/finetune_joint.json" in shown
     _sh(repo, "git", "add", "-A")

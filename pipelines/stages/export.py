@@ -1,0 +1,166 @@
+"""python -m pipelines.stages.export [--params params.yaml]
+
+Stage `export`: the jointly trained segmenter and inpainters (`paths.joint/best.ckpt`) to ONNX, for
+serving without PyTorch. Two graphs, both float32 NCHW with RGB in [0, 1]:
+
+    segmenter.onnx   image (B, 3, S, S)                              -> probabilities (B, K, S, S)
+    inpainter.onnx   image, edges (B, 1, S, S), probabilities, mask  -> fill (B, 3, S, S)
+
+`S` is the working resolution (`networks.image_size`) and is fixed in the graphs: the smooth hole
+fill's pyramid has one level per halving of the size, so the exported graph holds the levels of `S`.
+The batch is dynamic. The edges (Canny), the choice of the instances and the composite stay outside
+the graphs, in the shared removal steps (`components.removal`).
+
+Each graph passes `onnx.checker` (full check), then ONNX Runtime is compared with PyTorch on
+`export.parity_pairs` test pairs (their true masks as the holes); the stage fails, and writes nothing,
+when the largest absolute difference of either output exceeds `export.tolerance`. Writes
+`paths.onnx/{segmenter,inpainter}.onnx` and `model.json` (classes, working resolution, input
+conventions, parity, the joint model's validation metrics, params hash, git revision), and
+`reports/export.json` (the parity figures, a DVC metric).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from components.inpainting import InpaintingNetworks
+from components.removal import edges_of
+from components.segmenter import Segmenter
+from pipelines.checkpoints import inpainters_from, read_checkpoint, segmenter_from
+from pipelines.common import atomic_dir, git_revision, params_hash, stage_main, write_json
+from pipelines.data import PairsDataset, pairs_config
+from pipelines.params import Params
+
+log = logging.getLogger("export")
+logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # the exporter's optimizer logs every rewrite at INFO
+STAGE = "export"
+SEGMENTER_INPUTS, INPAINTER_INPUTS = ("image",), ("image", "edges", "probabilities", "mask")
+
+
+class ParityError(RuntimeError):
+    """ONNX Runtime and PyTorch disagree beyond the tolerance."""
+
+
+class SegmenterProbabilities(nn.Module):
+    def __init__(self, segmenter: Segmenter):
+        super().__init__()
+        self.segmenter = segmenter
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.segmenter(image).softmax(dim=1)
+
+
+class InpainterFill(nn.Module):
+    """The three inpainters chained; returns the image inpainter's raw fill (the composite is the caller's)."""
+
+    def __init__(self, inpainters: InpaintingNetworks):
+        super().__init__()
+        self.inpainters = inpainters
+
+    def forward(self, image, edges, probabilities, mask) -> torch.Tensor:
+        return self.inpainters(image, edges, probabilities, mask).image
+
+
+def export_graph(module: nn.Module, example: tuple[torch.Tensor, ...], names: tuple[str, ...], output: str,
+                 path: Path, opset: int) -> None:
+    """`module` to ONNX at `path` with a dynamic batch axis, then the full ONNX checker."""
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    torch.onnx.export(module.eval(), example, str(path), input_names=list(names), output_names=[output],
+                      dynamic_shapes=tuple({0: batch} for _ in names), dynamo=True, opset_version=opset,
+                      external_data=False, verbose=False)
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def parity(segmenter: nn.Module, inpainter: nn.Module, sessions: dict[str, ort.InferenceSession], loader,
+           canny_sigma: float) -> dict[str, float]:
+    """Largest |ONNX Runtime - PyTorch| of each output over the loader's pairs (true masks as holes)."""
+    worst = {"probabilities": 0.0, "fill": 0.0}
+    for batch in loader:
+        image, mask = batch["image"], batch["mask"]
+        probabilities = segmenter(image)
+        edges = edges_of(image, canny_sigma)
+        fill = inpainter(image, edges, probabilities, mask)
+        onnx_probabilities = sessions["segmenter"].run(None, {"image": image.numpy()})[0]
+        # the same inputs for both inpainters, so each graph is compared on its own
+        feed = {"image": image, "edges": edges, "probabilities": probabilities, "mask": mask}
+        onnx_fill = sessions["inpainter"].run(None, {k: v.numpy() for k, v in feed.items()})[0]
+        for name, ours, theirs in (("probabilities", onnx_probabilities, probabilities), ("fill", onnx_fill, fill)):
+            worst[name] = max(worst[name], float(np.abs(ours - theirs.numpy()).max()))
+    return worst
+
+
+def run(params: Params) -> dict:
+    p, size = params.export, params.networks.image_size
+    checkpoint_path = Path(params.paths.joint) / "best.ckpt"
+    checkpoint = read_checkpoint(checkpoint_path, "finetune_joint")
+    joint_info = json.loads((checkpoint_path.parent / "joint.json").read_text())
+    segmenter = SegmenterProbabilities(segmenter_from(checkpoint)).eval()
+    inpainter = InpainterFill(inpainters_from(checkpoint)).eval()
+    canny_sigma = params.pretrain_inpainter.canny_sigma
+    config, categories, targets = pairs_config(params.paths.pairs, size, canny_sigma, 0)
+    dataset = PairsDataset(config, "test", augment=False)
+    count = min(p.parity_pairs, len(dataset))
+    loader = DataLoader(torch.utils.data.Subset(dataset, range(count)), batch_size=min(count, 25), num_workers=0)
+
+    first = next(iter(loader))
+    classes = segmenter.segmenter.config.num_classes
+    example_image = first["image"][:2]
+    example = (example_image, edges_of(example_image, canny_sigma), torch.full((2, classes, size, size), 1 / classes),
+               first["mask"][:2])
+    section = {"export": p.model_dump(mode="json"), "networks": params.networks.model_dump(mode="json")}
+    with atomic_dir(Path(params.paths.onnx)) as out:
+        export_graph(segmenter, (example_image,), SEGMENTER_INPUTS, "probabilities", out / "segmenter.onnx", p.opset)
+        export_graph(inpainter, example, INPAINTER_INPUTS, "fill", out / "inpainter.onnx", p.opset)
+        sessions = {"segmenter": session(out / "segmenter.onnx"), "inpainter": session(out / "inpainter.onnx")}
+        worst = parity(segmenter, inpainter, sessions, loader, canny_sigma)
+        if max(worst.values()) > p.tolerance:
+            raise ParityError(f"ONNX Runtime differs from PyTorch by {worst} (largest |difference| per output) "
+                              f"on {count} test pairs, over export.tolerance = {p.tolerance}")
+        info = {
+            "graphs": {
+                "segmenter.onnx": {"inputs": {"image": ["batch", 3, size, size]},
+                                   "outputs": {"probabilities": ["batch", classes, size, size]}},
+                "inpainter.onnx": {"inputs": {"image": ["batch", 3, size, size], "edges": ["batch", 1, size, size],
+                                              "probabilities": ["batch", classes, size, size],
+                                              "mask": ["batch", 1, size, size]},
+                                   "outputs": {"fill": ["batch", 3, size, size]}},
+            },
+            "image_size": size,
+            "size_constraint": f"spatial size fixed at {size} x {size} (the working resolution); batch 1-1024",
+            "normalization": "float32 NCHW, RGB in [0, 1] (no mean/std); mask 1 = fill; edges: Canny of the "
+                             "uint8 gray image (components.masks.canny_edges) in {0, 1}",
+            "canny_sigma": canny_sigma,
+            "classes": joint_info["classes"], "target_classes": targets,
+            "opset": p.opset, "onnxruntime": ort.__version__,
+            "parity": {"pairs": count, "tolerance": p.tolerance, "max_abs_diff": worst},
+            "metrics": joint_info.get("metrics", {}),
+            "source": str(checkpoint_path), "params_hash": params_hash(section), "git_revision": git_revision(),
+        }
+        write_json(out / "model.json", info)
+    write_json(Path(params.paths.reports) / "export.json",
+               {"parity_pairs": count, **{f"max_abs_diff_{k}": v for k, v in worst.items()}})
+    log.info("export: %s (tolerance %s) on %d test pairs", worst, p.tolerance, count)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(run, __doc__, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
