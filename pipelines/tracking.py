@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,8 @@ def start_stage_run(
     experiment_id = _experiment_id(client, experiment, artifact_location(uri, experiment))
     kill_orphaned_runs(client, experiment_id, stage)
     run_tags = {**(tags or {}), **_provenance_tags(stage, params)}
+    # MLflow's generated names come from the global RNG, which the stages seed: every stage would get the same one
+    run_name = run_name or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
     active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags,
                               parent_run_id=parent_run_id, nested=mlflow.active_run() is not None)
     run = StageRun(run_id=active.info.run_id, experiment_id=experiment_id)

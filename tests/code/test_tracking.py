@@ -127,6 +127,15 @@ def test_artifacts_need_an_active_run_and_an_rgb_image(client: MlflowClient):
         log_image_artifact(np.zeros((8, 8)), "a.png")
 
 
+def test_a_run_without_a_name_is_named_after_its_stage(client: MlflowClient, experiment: str):
+    with start_stage_run(experiment, "pretrain_segmenter", {}) as first:
+        pass
+    with start_stage_run(experiment, "evaluate", {}) as second:
+        pass
+    names = [client.get_run(r.run_id).info.run_name for r in (first, second)]
+    assert names[0].startswith("pretrain_segmenter-") and names[1].startswith("evaluate-")
+
+
 def test_exception_marks_the_run_failed(client: MlflowClient, experiment: str):
     with pytest.raises(RuntimeError, match="boom"), start_stage_run(experiment, "train", {}) as run:
         raise RuntimeError("boom")
