@@ -23,26 +23,20 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from components import losses  # noqa: E402
-from components.selection import training_mask  # noqa: E402
 from pipelines.params import load_params  # noqa: E402
 from pipelines.stages.finetune_joint import build  # noqa: E402
 
 
 def term_gradients(module, batch: dict) -> dict[str, float]:
-    """The gradient norm on the segmenter of each weighted term of L_SN for one batch, as the joint
-    training step computes them (plus the unweighted L_PS)."""
+    """The gradient norm on the segmenter of each weighted term of L_SN for one batch, from the joint
+    training step's own forward pass (plus the unweighted L_PS)."""
     j = module.joint
-    logits = module.segmenter(batch["image"])
-    loss_ps = losses.segmentation_loss(logits, batch["seg"])
-    mask, m_hat, _ = training_mask(logits, j.target_classes, batch["mask"], j.margin)
-    fake = module._generate(batch, mask=mask, seg_in=logits.softmax(dim=1))
-    g = module.generator_losses(fake, batch, mask.detach())
-    terms = {"L_PS (weight 1)": loss_ps, "w_PS * L_PS": j.segmentation_weight * loss_ps, "L_E": g["loss_edge"],
-             "L_S": g["loss_seg"], "L_I": g["loss_image"]}
+    step = module.segment_and_inpaint(batch)
+    g = module.generator_losses(step.fake, batch, step.mask.detach())
+    terms = {"L_PS (weight 1)": step.loss_ps, "w_PS * L_PS": j.segmentation_weight * step.loss_ps,
+             "L_E": g["loss_edge"], "L_S": g["loss_seg"], "L_I": g["loss_image"]}
     if j.mel_enabled:
-        terms["lambda_X * L_X"] = j.mel_weight * losses.mask_expansion_loss(batch["sdf"], m_hat, j.mel_alpha,
-                                                                            j.mel_reduction)
+        terms["lambda_X * L_X"] = j.mel_weight * step.loss_x
     parameters = list(module.segmenter.parameters())
     norms = {}
     for name, term in terms.items():

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from components.inpainting import InpaintingNetworks
 from components.removal import edges_of
 from components.segmenter import Segmenter
-from pipelines.checkpoints import inpainters_from, read_checkpoint, segmenter_from
+from pipelines.checkpoints import remover_from
 from pipelines.common import atomic_dir, git_revision, params_hash, stage_main, write_json
 from pipelines.data import PairsDataset, pairs_config
 from pipelines.params import Params
@@ -107,12 +107,12 @@ def parity(segmenter: nn.Module, inpainter: nn.Module, sessions: dict[str, ort.I
 def run(params: Params) -> dict:
     p, size = params.export, params.networks.image_size
     checkpoint_path = Path(params.paths.joint) / "best.ckpt"
-    checkpoint = read_checkpoint(checkpoint_path, "finetune_joint")
+    remover = remover_from(checkpoint_path)
     joint_info = json.loads((checkpoint_path.parent / "joint.json").read_text())
-    segmenter = SegmenterProbabilities(segmenter_from(checkpoint)).eval()
-    inpainter = InpainterFill(inpainters_from(checkpoint)).eval()
-    canny_sigma = params.pretrain_inpainter.canny_sigma
-    config, categories, targets = pairs_config(params.paths.pairs, size, canny_sigma, 0)
+    segmenter = SegmenterProbabilities(remover.segmenter).eval()
+    inpainter = InpainterFill(remover.inpainters).eval()
+    canny_sigma = remover.config.canny_sigma
+    config = pairs_config(params.paths.pairs, size, canny_sigma, 0)[0]
     dataset = PairsDataset(config, "test", augment=False)
     count = min(p.parity_pairs, len(dataset))
     loader = DataLoader(torch.utils.data.Subset(dataset, range(count)), batch_size=min(count, 25), num_workers=0)
@@ -145,7 +145,7 @@ def run(params: Params) -> dict:
             "normalization": "float32 NCHW, RGB in [0, 1] (no mean/std); mask 1 = fill; edges: Canny of the "
                              "uint8 gray image (components.masks.canny_edges) in {0, 1}",
             "canny_sigma": canny_sigma,
-            "classes": joint_info["classes"], "target_classes": targets,
+            "classes": joint_info["classes"], "target_classes": list(remover.config.target_classes),
             "opset": p.opset, "onnxruntime": ort.__version__,
             "parity": {"pairs": count, "tolerance": p.tolerance, "max_abs_diff": worst},
             "metrics": joint_info.get("metrics", {}),

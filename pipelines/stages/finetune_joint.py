@@ -57,6 +57,11 @@ def load_pretrained(module: JointModule, segmenter_ckpt: Path, inpainter_ckpt: P
     module.discs.load_state_dict(sub_state(inpainter["state_dict"], "discs."))
 
 
+def pretrained_checkpoints(params: Params) -> tuple[Path, Path]:
+    """The checkpoints joint training starts from: the pretrained segmenter's and inpainters' best."""
+    return Path(params.paths.segmenter) / "best.ckpt", Path(params.paths.inpainter) / "best.ckpt"
+
+
 def build(
     params: Params, section: FinetuneJointParams, signed_distance: bool = True
 ) -> tuple[JointModule, PairsDataModule, list[dict], list[int]]:
@@ -74,7 +79,7 @@ def build(
                         p.mel.alpha, p.mel.weight, p.mel.reduction)
     module = JointModule(inpainting, segmenter, joint, LossWeights(**p.losses.model_dump()),
                          OptimConfig(p.lr, p.d_lr_ratio, p.betas, p.schedule), pi.features, pi.vgg19_weights)
-    load_pretrained(module, Path(params.paths.segmenter) / "best.ckpt", Path(params.paths.inpainter) / "best.ckpt")
+    load_pretrained(module, *pretrained_checkpoints(params))
     data = PairsDataModule(replace(data_config, background_share=p.background_share), p.batch_size,
                            params.trainer.num_workers)
     return module, data, categories, targets
@@ -95,8 +100,7 @@ def run(params: Params, experiment: str = "object-removal", ablation: bool = Fal
                "pretrain_inpainter": inherited}
     L.seed_everything(params.seed + p.seed, workers=True, verbose=False)
     module, data, categories, targets = build(params, p, signed_distance=not ablation)
-    segmenter_ckpt = Path(params.paths.segmenter) / "best.ckpt"
-    inpainter_ckpt = Path(params.paths.inpainter) / "best.ckpt"
+    segmenter_ckpt, inpainter_ckpt = pretrained_checkpoints(params)
     info = fit_stage(stage, experiment, section, module, data, tp, p.epochs, folder,
                      Path(params.paths.reports), "val/psnr", "joint",
                      {"inpainting": asdict(module.config), "segmenter": asdict(module.segmenter.config),

@@ -24,7 +24,7 @@ M_G, its IoU with M_G, and how often an instance was found.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -49,6 +49,14 @@ class JointConfig:
     mel_reduction: Literal["mean", "sum"] = "mean"
 
 
+class JointPass(NamedTuple):
+    mask: torch.Tensor  # (B, 1, H, W) binary forward, straight-through to m_hat
+    found: torch.Tensor  # (B,) bool: a predicted instance overlapped M_G (else the mask is M_G)
+    fake: dict[str, torch.Tensor]  # the inpainters' outputs (InpainterModule._generate)
+    loss_ps: torch.Tensor  # L_PS
+    loss_x: torch.Tensor  # L_X, unweighted (zero with MEL off)
+
+
 class JointModule(InpainterModule):
     def __init__(
         self,
@@ -68,21 +76,26 @@ class JointModule(InpainterModule):
         self.joint = joint
 
     # ----------------------------------------------------------------------------- training
-    def training_step(self, batch: dict, batch_idx: int) -> None:
-        g_edge, d_edge, g_seg, d_seg, g_image, d_image, opt_segmenter = self.optimizers()
+    def segment_and_inpaint(self, batch: dict) -> JointPass:
+        """Steps 1-3 of the joint step, and the segmenter's own terms (L_PS, the unweighted L_X)."""
         j = self.joint
         # 1. segment
         logits = self.segmenter(batch["image"])  # (B, K, H, W)
-        loss_ps = losses.segmentation_loss(logits, batch["seg"])
         # 2. select the mask: binary forward, straight-through to m_hat
         mask, m_hat, found = training_mask(logits, j.target_classes, batch["mask"], j.margin)
         # 3. inpaint with it
         fake = self._generate(batch, mask=mask, seg_in=logits.softmax(dim=1))
+        loss_x = (losses.mask_expansion_loss(batch["sdf"], m_hat, j.mel_alpha, j.mel_reduction)
+                  if j.mel_enabled else torch.zeros((), device=logits.device))
+        return JointPass(mask, found, fake, losses.segmentation_loss(logits, batch["seg"]), loss_x)
+
+    def training_step(self, batch: dict, batch_idx: int) -> None:
+        g_edge, d_edge, g_seg, d_seg, g_image, d_image, opt_segmenter = self.optimizers()
+        j = self.joint
+        mask, found, fake, loss_ps, loss_x = self.segment_and_inpaint(batch)
         # 4. discriminators first, then everything else in one backward pass
         d_logs = self.update_discriminators(fake, batch, [d_edge, d_seg, d_image])
         g = self.generator_losses(fake, batch, mask.detach())
-        loss_x = (losses.mask_expansion_loss(batch["sdf"], m_hat, j.mel_alpha, j.mel_reduction)
-                  if j.mel_enabled else torch.zeros((), device=logits.device))
         total = (j.segmentation_weight * loss_ps + g["loss_edge"] + g["loss_seg"] + g["loss_image"]
                  + (j.mel_weight * loss_x if j.mel_enabled else 0.0))
         generators = (g_edge, g_seg, g_image, opt_segmenter)
