@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
+from components.backends import TorchBackend
+from components.inference import InferenceConfig, ModelInfo, ObjectRemover
 from components.inpainting import InpaintingConfig, InpaintingNetworks
-from components.removal import RemovalConfig, Remover
 from components.segmenter import Segmenter, SegmenterConfig
 
 
@@ -47,9 +48,23 @@ def inpainters_from(checkpoint: dict[str, Any]) -> InpaintingNetworks:
     return nets.eval()
 
 
-def remover_from(checkpoint_path: str | Path, stage: str = "finetune_joint") -> Remover:
-    """The `Remover` of a finetune_joint checkpoint, with the target classes and Canny sigma from the JSON
-    the stage wrote beside it."""
+def model_info(meta: dict) -> ModelInfo:
+    """ModelInfo from the JSON beside a joint checkpoint or an ONNX export (classes, target_classes, ...)."""
+    missing = [k for k in ("classes", "target_classes", "image_size") if k not in meta]
+    if missing:
+        raise ValueError(f"model JSON lacks {missing}")
+    names = ["background"] * (max(c["index"] for c in meta["classes"]) + 1)  # channel 0: unlabeled
+    for c in meta["classes"]:
+        names[c["index"]] = c["name"]
+    removable = tuple(c["index"] for c in meta["classes"] if c.get("isthing", True))
+    return ModelInfo(tuple(names), removable, tuple(meta["target_classes"]), int(meta["image_size"]),
+                     float(meta.get("canny_sigma", 1.0)))
+
+
+def remover_from(checkpoint_path: str | Path, stage: str = "finetune_joint",
+                 config: InferenceConfig | None = None) -> ObjectRemover:
+    """The joint model of a finetune_joint checkpoint as an `ObjectRemover` on PyTorch, with the classes,
+    target classes and Canny sigma from the JSON the stage wrote beside it."""
     path = Path(checkpoint_path)
     checkpoint = read_checkpoint(path, stage)
     for candidate in sorted(path.parent.glob("*.json")):
@@ -58,5 +73,5 @@ def remover_from(checkpoint_path: str | Path, stage: str = "finetune_joint") -> 
             break
     else:
         raise FileNotFoundError(f"no stage JSON with target_classes beside {path} (the stage writes it)")
-    config = RemovalConfig(tuple(info["target_classes"]), info.get("canny_sigma", 1.0))
-    return Remover(segmenter_from(checkpoint), inpainters_from(checkpoint), config).eval()
+    backend = TorchBackend(segmenter_from(checkpoint), inpainters_from(checkpoint))
+    return ObjectRemover(backend, model_info(info), config or InferenceConfig())

@@ -27,22 +27,14 @@ import cv2
 import numpy as np
 import torch
 
-from components.inpainting import InpaintingNetworks
+from components import inference
+from components.backends import Backend
 from components.masks import dilate_mask, erode_mask
 from components.metrics import area_ratio, coverage, leftover, mask_iou, psnr, ssim
 from components.perceptual_metrics import LPIPS, frechet_distance, inception_features
-from components.segmenter import Segmenter
 from components.selection import evaluation_mask
 
 PER_PAIR = ("psnr", "ssim", "psnr_mask", "iou", "coverage", "over_expansion", "leftover", "lpips")
-
-
-@dataclass
-class RemovalModel:
-    """A segmenter and the inpainters it feeds: one row of the methods table."""
-
-    segmenter: Segmenter
-    inpainters: InpaintingNetworks
 
 
 @dataclass
@@ -72,36 +64,43 @@ def classical_fill(image: torch.Tensor, mask: torch.Tensor, method: int, radius:
     return torch.stack(out).to(image)
 
 
-def inpaint(model: RemovalModel, batch: dict, mask: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-    """The composite of `model`'s inpainters filling `mask` in the batch's images."""
-    return model.inpainters(batch["image"], batch["edges"], seg, mask).composite
+def segment(model: Backend, image: torch.Tensor) -> torch.Tensor:
+    """(B, K, H, W) class probabilities of the model's segmenter."""
+    return torch.from_numpy(model.probabilities(image.numpy()))
+
+
+def inpaint(model: Backend, image: torch.Tensor, mask: torch.Tensor, probabilities: torch.Tensor,
+            canny_sigma: float) -> torch.Tensor:
+    """The composite of `model`'s inpainters filling `mask` in `image`: the inference path's own step."""
+    return torch.from_numpy(inference.inpaint(model, image.numpy(), probabilities.numpy(), mask.numpy(), canny_sigma))
 
 
 @torch.no_grad()
 def evaluate_batches(
-    batches, models: dict[str, RemovalModel], target_classes: list[int], dilation_px: int,
-    table1_offsets: list[int], buckets: list[str], lpips: LPIPS | None = None,
+    batches, models: dict[str, Backend], target_classes: list[int], dilation_px: int,
+    table1_offsets: list[int], buckets: list[str], canny_sigma: float, lpips: LPIPS | None = None,
 ) -> Evaluation:
-    """Run every method on every batch (dicts from PairsDataset plus "bucket" labels)."""
+    """Run every method on every batch (dicts from PairsDataset plus "bucket" labels). A model is a
+    backend of the inference path (components.backends): one row of the methods table."""
     result = Evaluation(buckets)
     pair = 0
     for batch in batches:
         image, target, true = batch["image"], batch["background"], batch["mask"]
         pretrained = models["pretrained"]
-        logits = pretrained.segmenter(image)
-        base_mask, probs = evaluation_mask(logits, target_classes, true), logits.softmax(1)
+        probs = segment(pretrained, image)
+        base_mask = evaluation_mask(probs, target_classes, true)
         outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # method -> (mask, composite)
         for name in ("joint_mel", "joint_no_mel"):
             if name in models:
-                own = models[name].segmenter(image)
+                own = segment(models[name], image)
                 mask = evaluation_mask(own, target_classes, true)
-                outputs[name] = (mask, inpaint(models[name], batch, mask, own.softmax(1)))
-        outputs["pretrained"] = (base_mask, inpaint(pretrained, batch, base_mask, probs))
+                outputs[name] = (mask, inpaint(models[name], image, mask, own, canny_sigma))
+        outputs["pretrained"] = (base_mask, inpaint(pretrained, image, base_mask, probs, canny_sigma))
         dilated = morph(base_mask, dilation_px)
-        outputs["pretrained_dilate"] = (dilated, inpaint(pretrained, batch, dilated, probs))
+        outputs["pretrained_dilate"] = (dilated, inpaint(pretrained, image, dilated, probs, canny_sigma))
         outputs["telea"] = (base_mask, classical_fill(image, base_mask, cv2.INPAINT_TELEA))
         outputs["navier_stokes"] = (base_mask, classical_fill(image, base_mask, cv2.INPAINT_NS))
-        outputs["oracle"] = (true, inpaint(pretrained, batch, true, probs))
+        outputs["oracle"] = (true, inpaint(pretrained, image, true, probs, canny_sigma))
 
         n = len(image)
         for name, (mask, composite) in outputs.items():
@@ -119,7 +118,7 @@ def evaluate_batches(
             result.composites.setdefault(name, []).append(composite)
             result.samples.setdefault(f"mask_{name}", []).append(mask)
         for offset in table1_offsets:
-            composite = inpaint(pretrained, batch, morph(true, offset), probs)
+            composite = inpaint(pretrained, image, morph(true, offset), probs, canny_sigma)
             scores = {"psnr": psnr(composite, target), "ssim": ssim(composite, target)}
             for i in range(n):
                 result.table1.append({"offset_px": offset, "pair": pair + i, "bucket": batch["bucket"][i],

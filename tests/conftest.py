@@ -116,7 +116,8 @@ def tiny_params_raw(tmp_path: Path, coco_root: Path | None = None) -> dict:
                     "segmenter": str(tmp_path / "models" / "segmenter"),
                     "inpainter": str(tmp_path / "models" / "inpainter"), "joint": str(tmp_path / "models" / "joint"),
                     "joint_ablation": str(tmp_path / "models" / "joint_ablation"),
-                    "reports": str(tmp_path / "reports"), "onnx": str(tmp_path / "models" / "onnx")}
+                    "reports": str(tmp_path / "reports"), "onnx": str(tmp_path / "models" / "onnx"),
+                    "bento": str(tmp_path / "models" / "bento")}
     raw["scenes"].update(num_images=40, size=64, workers=1)
     raw["synthesize"].update(image_size=48, pairs={"train": 16, "val": 4, "test": 4}, workers=1,
                              min_object_area=40)
@@ -206,3 +207,16 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+@pytest.fixture(scope="session")
+def exported(trained, tmp_path_factory) -> tuple[dict, dict]:
+    """`trained` exported to ONNX (stage `export`) into a folder of its own: (raw params, model.json)."""
+    import copy
+
+    from pipelines.stages import export
+
+    raw = copy.deepcopy(trained)
+    tmp = tmp_path_factory.mktemp("export")
+    raw["paths"].update(onnx=str(tmp / "onnx"), reports=str(tmp / "reports"))
+    return raw, export.run(parse_params(raw))

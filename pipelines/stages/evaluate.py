@@ -18,13 +18,13 @@ import cv2
 import mlflow
 from torch.utils.data import DataLoader
 
+from components.backends import TorchBackend
 from components.perceptual_metrics import load_inception, load_lpips
 from pipelines.checkpoints import inpainters_from, read_checkpoint, segmenter_from
 from pipelines.common import params_hash, stage_main, write_json
 from pipelines.data import PairsDataset, pairs_config
 from pipelines.evaluation import (
     PER_PAIR,
-    RemovalModel,
     evaluate_batches,
     fid_scores,
     flat_metrics,
@@ -47,17 +47,17 @@ class WithBuckets(PairsDataset):
         return {**super().__getitem__(index), "bucket": self.records[index]["bucket"]}
 
 
-def load_models(params: Params) -> dict[str, RemovalModel]:
+def load_models(params: Params) -> dict[str, TorchBackend]:
     paths = params.paths
     segmenter = segmenter_from(read_checkpoint(Path(paths.segmenter) / "best.ckpt", "pretrain_segmenter"))
     inpainters = inpainters_from(read_checkpoint(Path(paths.inpainter) / "best.ckpt", "pretrain_inpainter"))
-    models = {"pretrained": RemovalModel(segmenter, inpainters)}
+    models = {"pretrained": TorchBackend(segmenter, inpainters)}
     joint = read_checkpoint(Path(paths.joint) / "best.ckpt", "finetune_joint")
-    models["joint_mel"] = RemovalModel(segmenter_from(joint), inpainters_from(joint))
+    models["joint_mel"] = TorchBackend(segmenter_from(joint), inpainters_from(joint))
     ablation = Path(paths.joint_ablation) / "best.ckpt"
     if ablation.is_file():
         checkpoint = read_checkpoint(ablation, "finetune_joint_ablation")
-        models["joint_no_mel"] = RemovalModel(segmenter_from(checkpoint), inpainters_from(checkpoint))
+        models["joint_no_mel"] = TorchBackend(segmenter_from(checkpoint), inpainters_from(checkpoint))
     return models
 
 
@@ -80,7 +80,7 @@ def run(params: Params, experiment: str = "object-removal") -> dict:
     perceptual["fid"] = ("computed over the whole split" if inception is not None else
                          "skipped: evaluate.fid_inception names no local TorchScript file (nothing is downloaded)")
 
-    result = evaluate_batches(loader, models, targets, p.dilation_px, p.table1_offsets_px, buckets, lpips)
+    result = evaluate_batches(loader, models, targets, p.dilation_px, p.table1_offsets_px, buckets, canny_sigma, lpips)
     metrics = {
         "split": p.split, "pairs": len(dataset), "image_size": params.networks.image_size, "buckets": buckets,
         "methods": summarize(result.rows, PER_PAIR, "method", buckets),

@@ -9,7 +9,7 @@ serving without PyTorch. Two graphs, both float32 NCHW with RGB in [0, 1]:
 `S` is the working resolution (`networks.image_size`) and is fixed in the graphs: the smooth hole
 fill's pyramid has one level per halving of the size, so the exported graph holds the levels of `S`.
 The batch is dynamic. The edges (Canny), the choice of the instances and the composite stay outside
-the graphs, in the shared removal steps (`components.removal`).
+the graphs, in the shared inference path (`components.inference`).
 
 Each graph passes `onnx.checker` (full check), then ONNX Runtime is compared with PyTorch on
 `export.parity_pairs` test pairs (their true masks as the holes); the stage fails, and writes nothing,
@@ -33,8 +33,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from components.inference import edges_of
 from components.inpainting import InpaintingNetworks
-from components.removal import edges_of
 from components.segmenter import Segmenter
 from pipelines.checkpoints import remover_from
 from pipelines.common import atomic_dir, git_revision, params_hash, stage_main, write_json
@@ -93,7 +93,7 @@ def parity(segmenter: nn.Module, inpainter: nn.Module, sessions: dict[str, ort.I
     for batch in loader:
         image, mask = batch["image"], batch["mask"]
         probabilities = segmenter(image)
-        edges = edges_of(image, canny_sigma)
+        edges = torch.from_numpy(edges_of(image.numpy(), canny_sigma))
         fill = inpainter(image, edges, probabilities, mask)
         onnx_probabilities = sessions["segmenter"].run(None, {"image": image.numpy()})[0]
         # the same inputs for both inpainters, so each graph is compared on its own
@@ -109,9 +109,9 @@ def run(params: Params) -> dict:
     checkpoint_path = Path(params.paths.joint) / "best.ckpt"
     remover = remover_from(checkpoint_path)
     joint_info = json.loads((checkpoint_path.parent / "joint.json").read_text())
-    segmenter = SegmenterProbabilities(remover.segmenter).eval()
-    inpainter = InpainterFill(remover.inpainters).eval()
-    canny_sigma = remover.config.canny_sigma
+    segmenter = SegmenterProbabilities(remover.backend.segmenter).eval()
+    inpainter = InpainterFill(remover.backend.inpainters).eval()
+    canny_sigma = remover.info.canny_sigma
     config = pairs_config(params.paths.pairs, size, canny_sigma, 0)[0]
     dataset = PairsDataset(config, "test", augment=False)
     count = min(p.parity_pairs, len(dataset))
@@ -120,8 +120,8 @@ def run(params: Params) -> dict:
     first = next(iter(loader))
     classes = segmenter.segmenter.config.num_classes
     example_image = first["image"][:2]
-    example = (example_image, edges_of(example_image, canny_sigma), torch.full((2, classes, size, size), 1 / classes),
-               first["mask"][:2])
+    example_edges = torch.from_numpy(edges_of(example_image.numpy(), canny_sigma))
+    example = (example_image, example_edges, torch.full((2, classes, size, size), 1 / classes), first["mask"][:2])
     section = {"export": p.model_dump(mode="json"), "networks": params.networks.model_dump(mode="json")}
     with atomic_dir(Path(params.paths.onnx)) as out:
         export_graph(segmenter, (example_image,), SEGMENTER_INPUTS, "probabilities", out / "segmenter.onnx", p.opset)
@@ -145,7 +145,7 @@ def run(params: Params) -> dict:
             "normalization": "float32 NCHW, RGB in [0, 1] (no mean/std); mask 1 = fill; edges: Canny of the "
                              "uint8 gray image (components.masks.canny_edges) in {0, 1}",
             "canny_sigma": canny_sigma,
-            "classes": joint_info["classes"], "target_classes": list(remover.config.target_classes),
+            "classes": joint_info["classes"], "target_classes": list(remover.info.default_targets),
             "opset": p.opset, "onnxruntime": ort.__version__,
             "parity": {"pairs": count, "tolerance": p.tolerance, "max_abs_diff": worst},
             "metrics": joint_info.get("metrics", {}),

@@ -12,18 +12,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from components.removal import edges_of
+from components.inference import edges_of
 from pipelines.checkpoints import remover_from
 from pipelines.params import parse_params
 from pipelines.stages import export
-
-
-@pytest.fixture(scope="module")
-def exported(trained, tmp_path_factory) -> tuple[dict, dict]:
-    raw = copy.deepcopy(trained)
-    tmp = tmp_path_factory.mktemp("export")
-    raw["paths"].update(onnx=str(tmp / "onnx"), reports=str(tmp / "reports"))
-    return raw, export.run(parse_params(raw))
 
 
 def test_graphs_pass_the_checker_and_describe_themselves(exported):
@@ -46,7 +38,8 @@ def test_onnx_runtime_matches_pytorch_at_any_batch(exported):
     raw, _ = exported
     folder = Path(raw["paths"]["onnx"])
     remover = remover_from(Path(raw["paths"]["joint"]) / "best.ckpt")
-    size, classes = raw["networks"]["image_size"], remover.segmenter.config.num_classes
+    nets = remover.backend  # the PyTorch modules
+    size, classes = raw["networks"]["image_size"], nets.segmenter.config.num_classes
     segmenter = ort.InferenceSession(str(folder / "segmenter.onnx"), providers=["CPUExecutionProvider"])
     inpainter = ort.InferenceSession(str(folder / "inpainter.onnx"), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(0)
@@ -54,9 +47,9 @@ def test_onnx_runtime_matches_pytorch_at_any_batch(exported):
         image = torch.rand(batch, 3, size, size, generator=generator)
         mask = (torch.rand(batch, 1, size, size, generator=generator) > 0.7).float()
         with torch.no_grad():
-            probabilities = remover.segmenter(image).softmax(dim=1)
-            edges = edges_of(image, 1.0)
-            fill = remover.inpainters(image, edges, probabilities, mask).image
+            probabilities = nets.segmenter(image).softmax(dim=1)
+            edges = torch.from_numpy(edges_of(image.numpy(), 1.0))
+            fill = nets.inpainters(image, edges, probabilities, mask).image
         onnx_probabilities = segmenter.run(None, {"image": image.numpy()})[0]
         assert onnx_probabilities.shape == (batch, classes, size, size)
         np.testing.assert_allclose(onnx_probabilities, probabilities.numpy(), atol=1e-4)

@@ -19,8 +19,8 @@ import torch
 
 from components import scene_figures as figs
 from components import scenes
+from components.inference import ObjectRemover, Target
 from components.metrics import coverage, psnr
-from components.removal import Remover
 from pipelines.checkpoints import remover_from
 from pipelines.params import parse_params
 from tests.conftest import REPO, tiny_params_raw
@@ -58,7 +58,7 @@ def _train_small_model(tmp: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> tuple[Remover, int]:
+def model(tmp_path_factory) -> tuple[ObjectRemover, int]:
     """(remover, working resolution)."""
     checkpoint = REPO / "models" / "joint" / "best.ckpt"
     if not checkpoint.is_file():
@@ -67,22 +67,28 @@ def model(tmp_path_factory) -> tuple[Remover, int]:
     return remover_from(checkpoint), size
 
 
-def _to_working(planes: np.ndarray, size: int) -> torch.Tensor:
-    """(3, 2s, 2s) float planes -> (1, 3, s, s) on the uint8 grid, area-downsampled as the pairs are."""
+def _to_working(planes: np.ndarray, size: int) -> np.ndarray:
+    """(3, 2s, 2s) float planes -> (s, s, 3) uint8, area-downsampled as the pairs are."""
     rgb = (np.clip(planes.transpose(1, 2, 0), 0, 1) * 255).round().astype(np.uint8)
-    small = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
-    return torch.from_numpy(small).permute(2, 0, 1).float()[None] / 255
+    return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def plain_background(seed: int, size: int) -> tuple[np.ndarray, torch.Tensor]:
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, H, W) in [0, 1]; (H, W) bool -> (1, 1, H, W) {0, 1}."""
+    if array.ndim == 2:
+        return torch.from_numpy(array).float()[None, None]
+    return torch.from_numpy(array).permute(2, 0, 1).float()[None] / 255
+
+
+def plain_background(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """A scene with stuff only (sky or wall over grass, road, water or sand; real textures, no objects),
-    rendered at twice `size` like the built-in scenes and downsampled: (planes at 2x, (1, 3, s, s))."""
+    rendered at twice `size` like the built-in scenes and downsampled: (planes at 2x, (s, s, 3) uint8)."""
     planes = scenes.layout_stuff(np.random.default_rng(seed), 2 * size).rgb
     return planes, _to_working(planes, size)
 
 
-def with_person(planes: np.ndarray, seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A standing person pasted on the 2x background, downsampled, and the person's mask (1, 1, s, s)
+def with_person(planes: np.ndarray, seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A standing person pasted on the 2x background, downsampled, and the person's mask (s, s) bool
     (every pixel the person touches, as the training pairs' masks)."""
     big = 2 * size
     sprite = figs.draw_person(np.random.default_rng(seed), big * 0.5, 0.93 * big, 0.6 * big, big, 2, 0.5)
@@ -94,26 +100,26 @@ def with_person(planes: np.ndarray, seed: int, size: int) -> tuple[torch.Tensor,
     mask = np.zeros((big, big), np.float32)
     mask[sprite.y0:sprite.y0 + h, sprite.x0:sprite.x0 + w] = sprite.alpha >= 0.1
     small = cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA) > 0
-    return _to_working(image, size), torch.from_numpy(small).float()[None, None]
+    return _to_working(image, size), small
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_pixels_outside_the_mask_are_unchanged(model, seed):
     remover, size = model
     image, person = with_person(plain_background(seed, size)[0], seed, size)
-    for removal in (remover(image), remover(image, expand_px=2), remover(image, mask=person)):
-        outside = (removal.mask == 0).expand_as(image)
-        assert torch.equal(removal.composite[outside], image[outside])
-    assert torch.equal(remover(image, mask=person).mask, person)
+    for removal in (remover.remove(image), remover.remove(image, expand_px=2),
+                    remover.remove(image, Target(mask=person))):
+        np.testing.assert_array_equal(removal.image[~removal.mask], image[~removal.mask])
+    np.testing.assert_array_equal(remover.remove(image, Target(mask=person)).mask, person)
 
 
 @pytest.mark.parametrize("seed", [10, 11, 12, 13])
 def test_no_target_object_gives_an_empty_mask_and_the_same_image(model, seed):
     remover, size = model
     image = plain_background(seed, size)[1]
-    removal = remover(image)
-    assert removal.mask.sum() == 0
-    assert torch.equal(removal.composite, image)
+    removal = remover.remove(image)
+    assert removal.mask.sum() == 0 and removal.bbox is None
+    np.testing.assert_array_equal(removal.image, image)
 
 
 @pytest.mark.parametrize("seed", [20, 21, 22])
@@ -121,7 +127,8 @@ def test_a_person_on_a_plain_background_is_removed(model, seed):
     remover, size = model
     planes, background = plain_background(seed, size)
     image, person = with_person(planes, seed, size)
-    removal = remover(image, expand_px=1)
-    assert coverage(removal.mask, person).item() >= COVERAGE_FLOOR
-    before, after = psnr(image, background).item(), psnr(removal.composite, background).item()
+    removal = remover.remove(image, expand_px=1)
+    assert coverage(_tensor(removal.mask), _tensor(person)).item() >= COVERAGE_FLOOR
+    before = psnr(_tensor(image), _tensor(background)).item()
+    after = psnr(_tensor(removal.image), _tensor(background)).item()
     assert after >= PSNR_FLOOR and after >= before + PSNR_GAIN, (before, after)
