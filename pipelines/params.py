@@ -32,6 +32,7 @@ class Paths(Section):
     joint_ablation: str  # the same without MEL (stage `finetune_joint_ablation`)
     reports: str  # DVC metrics and plots
     onnx: str  # the joint model as ONNX graphs + model.json (stage `export`)
+    bento: str  # the built Bento exported as a file + bento.json (stage `package`)
 
 
 class ScenesParams(Section):
@@ -268,6 +269,11 @@ class ExportParams(Section):
     tolerance: Annotated[float, Field(gt=0)]  # largest |ORT - PyTorch| allowed on probabilities and on the fill
 
 
+class PackageParams(Section):
+    model_name: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")]  # BentoML model store name
+    bentofile: str  # the Bento's build file (service, files, image with the locked dependencies)
+
+
 class Params(Section):
     seed: Seed  # the pipeline's base seed; each stage mixes in its own `seed`
     mask_ratio_buckets: Annotated[list[Fraction], Field(min_length=2)]
@@ -282,6 +288,7 @@ class Params(Section):
     finetune_joint: FinetuneJointParams
     evaluate: EvaluateParams
     export: ExportParams
+    package: PackageParams
 
     @field_validator("mask_ratio_buckets")
     @classmethod
