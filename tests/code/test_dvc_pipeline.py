@@ -1,5 +1,5 @@
 """A real `dvc repro` in a temporary copy of the repository, on tiny params: the data stages, then the
-whole graph through `evaluate` and `export`, and an experiment that changes MEL's alpha seen by `dvc metrics diff`."""
+whole graph through `evaluate`, `export` and `package`, and an experiment that changes MEL's alpha seen by `dvc metrics diff`."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def repo(tmp_path_factory) -> Path:
     raw = tiny_training_raw(Path("unused"))
     raw["paths"] = {"scenes": "data/scenes", "pairs": "data/pairs", "segmenter": "models/segmenter",
                     "inpainter": "models/inpainter", "joint": "models/joint", "joint_ablation": "models/joint_ablation",
-                    "reports": "reports", "onnx": "models/onnx"}
+                    "reports": "reports", "onnx": "models/onnx", "bento": "models/bento"}
     raw["dataset"]["root"] = "data/scenes"
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     if not (repo / ".git").exists():
@@ -68,12 +68,14 @@ def test_exp_run_with_another_seed_changes_the_data(repo):
 
 
 def test_whole_graph_then_an_alpha_experiment_changes_the_metrics(repo):
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow.db"}
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow.db", "BENTOML_HOME": str(repo.parent / "bentoml"),
+           "BENTOML_DO_NOT_TRACK": "True"}
     out = _sh(repo, "dvc", "repro", env=env)
     for stage in ("pretrain_segmenter", "pretrain_inpainter", "finetune_joint", "finetune_joint_ablation", "evaluate",
-                  "export"):
+                  "export", "package"):
         assert f"Running stage '{stage}'" in out
     assert {p.name for p in (repo / "models" / "onnx").iterdir()} == {"segmenter.onnx", "inpainter.onnx", "model.json"}
+    assert {p.name for p in (repo / "models" / "bento").iterdir()} == {"object-removal.bento", "bento.json"}
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
     assert {"joint_mel", "joint_no_mel", "oracle"} <= set(metrics["methods"])
     assert (repo / "reports" / "samples.png").is_file() and (repo / "reports" / "evaluation.md").is_file()
