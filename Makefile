@@ -1,5 +1,6 @@
 # Two commands set up a fresh machine and do the work:
-#   make run    virtual environment + locked install, then the pipeline on the built-in data (dvc repro)
+#   make run    virtual environment + locked install, then the retraining flow on the built-in data: every DVC
+#               stage, the MLflow registry (champion/challenger), the champion's Bento
 #   make test   virtual environment + locked install, then the test suite
 # `make lock` re-resolves requirements.lock from pyproject.toml (needs uv; seconds).
 
@@ -18,7 +19,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 # Headless Chromium for the web page test: Debian's package, installed when missing and apt-get can (root).
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install browser run test lock lint clean-venv
+.PHONY: install browser run test ui lock lint clean-venv
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,11 +36,15 @@ browser:
 		|| echo "Chromium not installed: the web page test skips (CI=true makes it fail)"
 
 run: install
-	$(BIN)/dvc repro
+	$(BIN)/python -m pipelines.retrain
 	$(BIN)/dvc status
 
 test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The MLflow UI on the embedded store (runs of each pipeline execution grouped under its flow run; the registry)
+ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
 
 lock:
 	uv pip compile pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 \

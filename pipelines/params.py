@@ -270,8 +270,14 @@ class ExportParams(Section):
 
 
 class PackageParams(Section):
-    model_name: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")]  # BentoML model store name
     bentofile: str  # the Bento's build file (service, files, image with the locked dependencies)
+
+
+class RegistryParams(Section):
+    model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]  # registered model in MLflow
+    metric: Annotated[str, Field(min_length=1)]  # dotted key into the evaluation's metrics JSON
+    greater_is_better: bool
+    margin: Annotated[float, Field(ge=0)]  # the challenger must beat the champion by more than this
 
 
 class Params(Section):
@@ -289,6 +295,7 @@ class Params(Section):
     evaluate: EvaluateParams
     export: ExportParams
     package: PackageParams
+    registry: RegistryParams
 
     @field_validator("mask_ratio_buckets")
     @classmethod

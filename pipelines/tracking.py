@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# Set by the retraining flow (pipelines/retrain.py) for the stages it runs: their runs become children of
+# the flow's run and carry its id as tag `pipeline_run`, so one pipeline execution reads as one group.
+PIPELINE_RUN_ENV = "OBJREMOVAL_PIPELINE_RUN_ID"
 ARTIFACTS_DIR = "mlartifacts"
 TRUNCATION_MARK = "...[truncated]"
 # A process created this long after its run's start time is a recycled pid, not the run's process.
@@ -110,7 +113,8 @@ def start_stage_run(
     Orphaned RUNNING runs of the same stage are marked KILLED first. Provenance tags (`stage`,
     `git_revision`, `git_dirty`, `host`, `pid`, `params_hash`) win over `tags` of the same name.
     If another run is active in this thread the new one is nested under it, and `parent_run_id`, when
-    given, must be that run.
+    given, must be that run. Under the retraining flow (`PIPELINE_RUN_ENV` set) a run without a parent
+    becomes a child of the flow's run.
     """
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
@@ -118,6 +122,11 @@ def start_stage_run(
     experiment_id = _experiment_id(client, experiment, artifact_location(uri, experiment))
     kill_orphaned_runs(client, experiment_id, stage)
     run_tags = {**(tags or {}), **_provenance_tags(stage, params)}
+    pipeline_run = os.environ.get(PIPELINE_RUN_ENV)
+    if pipeline_run:
+        run_tags["pipeline_run"] = pipeline_run
+        if parent_run_id is None and mlflow.active_run() is None:
+            parent_run_id = pipeline_run
     # MLflow's generated names come from the global RNG, which the stages seed: every stage would get the same one
     run_name = run_name or f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
     active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags,

@@ -36,6 +36,16 @@ def import_model(onnx_dir: str | Path, name: str = MODEL_NAME, labels: dict[str,
     return model.tag
 
 
+def build_bento(onnx_dir: str | Path, bentofile: str | Path, labels: dict[str, str] | None = None
+                ) -> tuple[bentoml.Bento, bentoml.Tag]:
+    """`import_model`, then `bentoml build` of `bentofile` (build context: its folder), both labelled with
+    `labels`; the new model version is the newest, so the Bento packs it. Returns (Bento, model tag)."""
+    model_tag = import_model(onnx_dir, labels=labels)
+    bento = bentoml.bentos.build_bentofile(str(bentofile), build_ctx=str(Path(bentofile).resolve().parent),
+                                           labels={"model": str(model_tag), **(labels or {})})
+    return bento, model_tag
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m serving.store", description=__doc__.split("\n\n")[1])
     parser.add_argument("onnx_dir", nargs="?", default="models/onnx", type=Path)

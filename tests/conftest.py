@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import cv2
@@ -148,6 +149,25 @@ def copy_repo(dest: Path) -> Path:
                                     "cache", ".sweep")
     shutil.copytree(REPO, dest, ignore=ignore)
     return dest
+
+
+def tiny_repo(dest: Path) -> Path:
+    """A copy of the repository at `dest` whose params.yaml is the tiny training profile with relative paths,
+    committed to git (DVC experiments and the flow read the revision): the whole pipeline in minutes."""
+    repo = copy_repo(dest)
+    raw = tiny_training_raw(Path("unused"))
+    raw["paths"] = {"scenes": "data/scenes", "pairs": "data/pairs", "segmenter": "models/segmenter",
+                    "inpainter": "models/inpainter", "joint": "models/joint", "joint_ablation": "models/joint_ablation",
+                    "reports": "reports", "onnx": "models/onnx", "bento": "models/bento"}
+    raw["dataset"]["root"] = "data/scenes"
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    if not (repo / ".git").exists():
+        subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=repo, check=True, env=env)
+    subprocess.run(["git", "commit", "-qm", "tiny params", "--allow-empty"], cwd=repo, check=True, env=env)
+    return repo
 
 
 def tiny_training_raw(tmp: Path) -> dict:

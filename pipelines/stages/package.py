@@ -2,7 +2,7 @@
 
 Stage `package`: the ONNX export (`paths.onnx`, stage `export`) becomes a deployable Bento.
 
-    1. model   a new version of `package.model_name` in the BentoML model store ($BENTOML_HOME, default
+    1. model   a new version of `object-removal` in the BentoML model store ($BENTOML_HOME, default
                ~/bentoml): the three export files, with model.json's provenance and metrics as metadata
                (serving.store.import_model); being the newest version, it is what the service loads
     2. bento   `bentoml build` of `package.bentofile`: the service (serving/), the code it runs, the model,
@@ -32,21 +32,16 @@ STAGE = "package"
 def run(params: Params) -> dict:
     import bentoml
 
-    from serving.store import import_model
+    from serving.store import build_bento
 
-    p = params.package
-    onnx_dir, bentofile = Path(params.paths.onnx), Path(p.bentofile)
+    onnx_dir, bentofile = Path(params.paths.onnx), Path(params.package.bentofile)
     if not bentofile.is_file():
         raise FileNotFoundError(f"bentofile not found: {bentofile} (package.bentofile)")
-    # 1. the model into the store
-    model_tag = import_model(onnx_dir, p.model_name)
-    log.info("model %s in the store at %s", model_tag, bentoml.models.get(model_tag).path)
-    # 2. the Bento (the build context is the bentofile's folder: the repository)
-    bento = bentoml.bentos.build_bentofile(str(bentofile), build_ctx=str(bentofile.resolve().parent),
-                                           labels={"model": str(model_tag)})
-    log.info("built %s", bento.tag)
+    # 1. the model into the store, 2. the Bento
+    bento, model_tag = build_bento(onnx_dir, bentofile)
+    log.info("built %s with %s (store: %s)", bento.tag, model_tag, bentoml.models.get(model_tag).path)
     model_info = json.loads((onnx_dir / "model.json").read_text())
-    section = {"package": p.model_dump(mode="json"), "paths.onnx": str(onnx_dir)}
+    section = {"package": params.package.model_dump(mode="json"), "paths.onnx": str(onnx_dir)}
     info = {
         "bento": str(bento.tag), "model": str(model_tag),
         "models_in_bento": sorted({str(m.tag) for service in bento.info.services for m in service.models}),

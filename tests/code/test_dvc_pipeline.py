@@ -1,5 +1,6 @@
 """A real `dvc repro` in a temporary copy of the repository, on tiny params: the data stages, then the
-whole graph through `evaluate`, `export` and `package`, and an experiment that changes MEL's alpha seen by `dvc metrics diff`."""
+whole graph through `evaluate`, `export` and `package`, and an experiment that changes MEL's alpha seen
+by `dvc metrics diff`."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import copy_repo, tiny_training_raw
+from tests.conftest import tiny_repo
 
 pytestmark = pytest.mark.slow
 
@@ -27,18 +27,7 @@ def _sh(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    repo = copy_repo(tmp_path_factory.mktemp("dvc") / "repo")
-    raw = tiny_training_raw(Path("unused"))
-    raw["paths"] = {"scenes": "data/scenes", "pairs": "data/pairs", "segmenter": "models/segmenter",
-                    "inpainter": "models/inpainter", "joint": "models/joint", "joint_ablation": "models/joint_ablation",
-                    "reports": "reports", "onnx": "models/onnx", "bento": "models/bento"}
-    raw["dataset"]["root"] = "data/scenes"
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    if not (repo / ".git").exists():
-        _sh(repo, "git", "init", "-q")
-    _sh(repo, "git", "add", "-A")
-    _sh(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny params", "--allow-empty")
-    return repo
+    return tiny_repo(tmp_path_factory.mktemp("dvc") / "repo")
 
 
 def test_repro_then_status_clean_then_nothing_to_do(repo):

@@ -1,0 +1,165 @@
+"""The MLflow Model Registry side of retraining: register the exported model, compare it with the champion,
+promote it, and fetch the champion's files.
+
+One registered model (`registry.model_name`) with two aliases: `challenger` (the newest registered
+version) and `champion` (the one to serve). Every step is safe to repeat after a crash anywhere:
+
+- A version is identified by its **fingerprint**: SHA-256 of the two ONNX graphs and the params hash
+  of the training that made them. `register` first looks for a version with that fingerprint; one that
+  is marked `complete` is reused (no double registration), one left incomplete by a crash is checked
+  and completed, or deleted if its files are missing. A version is marked complete only after its
+  files (segmenter.onnx, inpainter.onnx, model.json) are confirmed in the artifact store, and only a
+  complete version is ever given an alias, so the champion never points at a missing artifact.
+- `promote` reads the metric from the versions' own tags (written at registration), so a re-run
+  decides the same way; the decision is recorded as tags on the challenger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+log = logging.getLogger(__name__)
+FILES = ("segmenter.onnx", "inpainter.onnx", "model.json")
+CHAMPION, CHALLENGER = "champion", "challenger"
+ARTIFACT_PATH = "model"
+
+
+@dataclass(frozen=True)
+class Decision:
+    promoted: bool
+    champion: str  # version number after the decision
+    challenger: str
+    challenger_value: float
+    champion_value: float | None  # the previous champion's, None if there was none
+    reason: str
+
+
+def fingerprint(onnx_dir: Path) -> str:
+    """SHA-256 of the two graphs and the training's params hash (model.json): what makes a model itself."""
+    digest = hashlib.sha256()
+    for name in ("segmenter.onnx", "inpainter.onnx"):
+        digest.update((onnx_dir / name).read_bytes())
+    digest.update(str(json.loads((onnx_dir / "model.json").read_text()).get("params_hash")).encode())
+    return digest.hexdigest()[:32]
+
+
+def metric_value(metrics: dict, key: str) -> float:
+    """`key` ("methods.joint_mel.all.psnr") looked up in the nested metrics dict; a clear error if absent."""
+    value = metrics
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(f"metric {key!r} not in the evaluation's metrics (missing {part!r})")
+        value = value[part]
+    if not isinstance(value, int | float):
+        raise ValueError(f"metric {key!r} is {value!r}, not a number")
+    return float(value)
+
+
+def files_present(version: ModelVersion) -> bool:
+    """The version's three files are in the artifact store."""
+    try:
+        listed = mlflow.artifacts.list_artifacts(artifact_uri=version.source)
+    except (MlflowException, OSError):
+        return False
+    names = {Path(f.path).name for f in listed if not f.is_dir}
+    return set(FILES) <= names
+
+
+def by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def register(client: MlflowClient, name: str, experiment_id: str, onnx_dir: Path, metrics_file: Path,
+             metric: str, tags: dict[str, str], parent_run_id: str | None = None) -> ModelVersion:
+    """The version of `name` holding this export (registered now, or found from an earlier attempt),
+    complete and aliased `challenger`. A new registration logs the files in a run (a child of
+    `parent_run_id` when given)."""
+    missing = [str(onnx_dir / f) for f in FILES if not (onnx_dir / f).is_file()]
+    if missing or not metrics_file.is_file():
+        raise FileNotFoundError(f"cannot register: missing {missing or [str(metrics_file)]} (run the pipeline first)")
+    metrics = json.loads(metrics_file.read_text())
+    value = metric_value(metrics, metric)
+    identity = fingerprint(onnx_dir)
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description="Object removal: segmenter + inpainters as ONNX graphs")
+    version = None
+    for found in client.search_model_versions(f"name='{name}' and tags.fingerprint='{identity}'"):
+        if files_present(found):
+            version = found
+        else:  # a crash left a version without its files: it must not survive to be aliased
+            log.warning("version %s of %s has no files; deleting it", found.version, name)
+            client.delete_model_version(name, found.version)
+    if version is None:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{time.strftime('%Y%m%d-%H%M%S')}",
+                              parent_run_id=parent_run_id, nested=mlflow.active_run() is not None,
+                              tags={"stage": "register", **tags}) as run:
+            mlflow.log_artifacts(str(onnx_dir), ARTIFACT_PATH)
+            mlflow.log_artifact(str(metrics_file), "evaluation")
+            mlflow.log_metric(metric.replace("/", "_"), value)
+        version = client.create_model_version(
+            name, source=f"{run.info.artifact_uri}/{ARTIFACT_PATH}", run_id=run.info.run_id,
+            tags={"fingerprint": identity, "metric": metric, "metric_value": repr(value), **tags},
+            description=f"{metric} = {value:.4f}")
+        if not files_present(version):
+            raise RuntimeError(f"version {version.version} of {name}: files not found at {version.source}")
+        log.info("registered %s version %s (%s = %.4f)", name, version.version, metric, value)
+    else:
+        log.info("%s version %s already holds this model (fingerprint %s)", name, version.version, identity)
+    client.set_model_version_tag(name, version.version, "complete", "true")
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    return client.get_model_version(name, version.version)
+
+
+def promote(client: MlflowClient, name: str, greater_is_better: bool, margin: float) -> Decision:
+    """Make the challenger the champion if there is none, if the champion's files are gone, or if the
+    challenger's metric beats the champion's by more than `margin`."""
+    challenger = by_alias(client, name, CHALLENGER)
+    if challenger is None or challenger.tags.get("complete") != "true" or not files_present(challenger):
+        raise RuntimeError(f"{name} has no complete challenger to promote (register first)")
+    value = float(challenger.tags["metric_value"])
+    champion = by_alias(client, name, CHAMPION)
+    champion_value = float(champion.tags["metric_value"]) if champion is not None else None
+    if champion is None:
+        promoted, reason = True, "no champion yet"
+    elif champion.version == challenger.version:
+        promoted, reason = True, "already the champion"
+    elif not files_present(champion):
+        promoted, reason = True, f"the champion (version {champion.version}) has lost its files"
+    else:
+        gain = value - champion_value if greater_is_better else champion_value - value
+        promoted = gain > margin
+        reason = (f"{challenger.tags['metric']} {value:.4f} vs champion version {champion.version}'s "
+                  f"{champion_value:.4f}: {'better' if promoted else 'not better'} by more than {margin}")
+    if promoted:
+        client.set_registered_model_alias(name, CHAMPION, challenger.version)
+    client.set_model_version_tag(name, challenger.version, "promotion", reason)
+    now = by_alias(client, name, CHAMPION)
+    log.info("%s: %s (%s)", name, "promoted" if promoted else "kept the champion", reason)
+    return Decision(promoted, str(now.version), str(challenger.version), value, champion_value, reason)
+
+
+def download_champion(client: MlflowClient, name: str, destination: Path) -> tuple[ModelVersion, Path]:
+    """The champion's files into `destination` (a folder of the three files)."""
+    champion = by_alias(client, name, CHAMPION)
+    if champion is None:
+        raise RuntimeError(f"{name} has no champion")
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=champion.source, dst_path=str(destination)))
+    missing = [f for f in FILES if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"the champion (version {champion.version}) lacks {missing} at {champion.source}")
+    return champion, folder

@@ -1,0 +1,202 @@
+"""python -m pipelines.retrain [run | serve --cron "0 3 * * 1" | stages] [--repo .]
+
+The retraining flow (Prefect 3). One task per DVC stage, in the graph's order (`dvc repro --single-item
+<stage>`, so `dvc.lock` stays the record and a stage that is up to date is skipped by DVC), then:
+
+    register   the export (ONNX graphs, model.json) and the evaluation in the MLflow Model Registry as a
+               version of `registry.model_name`, alias `challenger` (pipelines/registry.py)
+    promote    the challenger becomes `champion` if there is none or if it beats the champion's
+               `registry.metric` by more than `registry.margin`
+    bento      the champion's files from the registry into the BentoML model store and `bentoml build`;
+               its tag in models/champion/champion.json
+
+The DVC stages get no retries (they are deterministic: a failure repeats); the registry and Bento tasks,
+which talk to an MLflow server or the file system, retry twice. A failed stage fails the flow before the
+registry is touched. Every step can be re-run after a crash (see pipelines/registry.py).
+
+MLflow: the flow's own run (`pipeline-<time>`) is the parent of every stage's run and of the
+registration, which all carry its id as tag `pipeline_run`. The store is `MLFLOW_TRACKING_URI` or
+`sqlite:///mlflow.db` in the repository, as for the stages.
+
+Prefect: `run` (the default) runs the flow once: with no `PREFECT_API_URL`, Prefect starts a temporary
+local server for it (ephemeral mode); with one, the run is recorded there. `serve` serves the flow with a
+cron schedule until stopped (`flow.serve`); prefect.yaml defines the same deployment for a work pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import networkx as nx
+from mlflow import MlflowClient
+from prefect import flow, get_run_logger, task
+
+from pipelines import registry
+from pipelines.common import git_revision
+from pipelines.params import load_params
+from pipelines.tracking import PIPELINE_RUN_ENV, start_stage_run, tracking_uri
+
+EXPERIMENT = "object-removal"  # the stages' experiment
+CHAMPION_FILE = Path("models/champion/champion.json")
+DEFAULT_CRON = "0 3 * * 1"  # Mondays 03:00
+
+
+class StageFailed(RuntimeError):
+    """`dvc repro` of a stage exited with an error."""
+
+
+def stage_order(repo: Path) -> list[str]:
+    """The stages of `repo`'s dvc.yaml, each after the stages it depends on (ties in dvc.yaml's order)."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc:
+        stages = list(dvc.index.stages)
+        position = {stage.name: i for i, stage in enumerate(stages)}
+        graph = dvc.index.graph.reverse()  # DVC's edges point from a stage to what it depends on
+        ordered = nx.lexicographical_topological_sort(graph, key=lambda stage: f"{position[stage.name]:04d}")
+        return [stage.name for stage in ordered]
+
+
+def absolute_uri(uri: str, root: Path) -> str:
+    """A relative SQLite URI made absolute against the repository, so every process opens the same file."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
+        return prefix + str((root / uri.removeprefix(prefix)).resolve())
+    return uri
+
+
+@task(task_run_name="dvc repro {stage}")
+def repro(stage: str, repo: str, env: dict[str, str]) -> str:
+    """`dvc repro --single-item <stage>`: runs it if its inputs changed. Returns "ran" or "up to date"."""
+    logger = get_run_logger()
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # stage commands call `python`
+    done = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=repo,
+                          env={**os.environ, "PATH": path, **env}, capture_output=True, text=True)
+    output = (done.stdout + done.stderr).strip()
+    if done.returncode != 0:
+        raise StageFailed(f"dvc repro {stage} failed (exit {done.returncode}):\n{output[-4000:]}")
+    ran = f"Running stage '{stage}'" in output
+    logger.info("%s: %s", stage, "ran" if ran else "up to date")
+    return "ran" if ran else "up to date"
+
+
+@task(retries=2, retry_delay_seconds=5, task_run_name="register")
+def register(uri: str, name: str, onnx_dir: str, metrics_file: str, metric: str, tags: dict[str, str],
+             parent_run_id: str) -> str:
+    client = MlflowClient(uri)
+    mlflow.set_tracking_uri(uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    version = registry.register(client, name, experiment.experiment_id, Path(onnx_dir), Path(metrics_file), metric,
+                                tags, parent_run_id)
+    return str(version.version)
+
+
+@task(retries=2, retry_delay_seconds=5, task_run_name="promote")
+def promote(uri: str, name: str, greater_is_better: bool, margin: float) -> registry.Decision:
+    return registry.promote(MlflowClient(uri), name, greater_is_better, margin)
+
+
+@task(retries=2, retry_delay_seconds=5, task_run_name="build_champion_bento")
+def build_champion_bento(uri: str, name: str, bentofile: str, out_file: str) -> dict:
+    """The champion's Bento: reused when the newest Bento already packs this champion, else built."""
+    import bentoml
+
+    from serving.store import build_bento
+
+    client = MlflowClient(uri)
+    champion = registry.by_alias(client, name, registry.CHAMPION)
+    if champion is None:
+        raise RuntimeError(f"{name} has no champion to package")
+    labels = {"mlflow_model": name, "mlflow_version": str(champion.version),
+              "fingerprint": champion.tags.get("fingerprint", "")}
+    bentos = sorted(bentoml.bentos.list("object-removal"), key=lambda b: b.info.creation_time)
+    if bentos and all(bentos[-1].info.labels.get(k) == v for k, v in labels.items()):
+        bento = bentos[-1]
+        model_tag = bento.info.labels.get("model")
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            _, folder = registry.download_champion(client, name, Path(tmp))
+            bento, model_tag = build_bento(folder, bentofile, labels=labels)
+    info = {"bento": str(bento.tag), "model": str(model_tag), "mlflow_model": name,
+            "mlflow_version": str(champion.version), "metric": champion.tags.get("metric"),
+            "metric_value": float(champion.tags.get("metric_value", "nan")), "serve": f"bentoml serve {bento.tag}"}
+    Path(out_file).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_file).write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(repo: str = ".", params_file: str = "params.yaml") -> dict:
+    """DVC stages in order, then register, promote, and build the champion's Bento."""
+    root = Path(repo).resolve()
+    params = load_params(root / params_file)
+    uri = absolute_uri(tracking_uri(), root)
+    mlflow.set_tracking_uri(uri)
+    stages = stage_order(root)
+    section = {"stages": stages, "registry": params.registry.model_dump(mode="json")}
+    run_name = f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}"
+    with start_stage_run(EXPERIMENT, "pipeline", section, run_name=run_name) as parent:
+        env = {"MLFLOW_TRACKING_URI": uri, PIPELINE_RUN_ENV: parent.run_id, "NO_ALBUMENTATIONS_UPDATE": "1"}
+        outcome = {stage: repro(stage, str(root), env) for stage in stages}
+        r = params.registry
+        tags = {"pipeline_run": parent.run_id, "git_revision": git_revision(root) or "unknown",
+                "dvc_lock_sha256": _sha256(root / "dvc.lock")}
+        version = register(uri, r.model_name, str(root / params.paths.onnx), str(root / params.paths.reports /
+                           "metrics.json"), r.metric, tags, parent.run_id)
+        decision = promote(uri, r.model_name, r.greater_is_better, r.margin)
+        bento = build_champion_bento(uri, r.model_name, str(root / params.package.bentofile), str(root / CHAMPION_FILE))
+        mlflow.set_tags({"registered_version": version, "champion_version": decision.champion,
+                         "promoted": str(decision.promoted), "promotion": decision.reason[:500]})
+    summary = {"stages": outcome, "registered_version": version, "promoted": decision.promoted,
+               "champion_version": decision.champion, "reason": decision.reason, "bento": bento["bento"],
+               "mlflow_run": parent.run_id, "tracking_uri": uri}
+    print(next_steps(summary, r.metric, bento))
+    return summary
+
+
+def next_steps(summary: dict, metric: str, bento: dict) -> str:
+    store = summary["tracking_uri"]
+    return "\n".join([
+        f"Registered version {summary['registered_version']}; "
+        f"{'promoted to champion' if summary['promoted'] else 'the champion stays'} ({summary['reason']}).",
+        f"Champion: version {summary['champion_version']}, {metric} = {bento['metric_value']:.4f}, "
+        f"Bento {bento['bento']}.",
+        "Next:",
+        f"  mlflow ui --backend-store-uri {store} --port 5000     # runs, metrics, models: http://127.0.0.1:5000",
+        f"  bentoml serve {bento['bento']}     # the champion on http://127.0.0.1:3000",
+        "  open http://127.0.0.1:3000/        # the web page: upload a photo, click an object, Remove",
+    ])
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "none"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.retrain", description=__doc__.split("\n\n")[1])
+    parser.add_argument("command", nargs="?", choices=["run", "serve", "stages"], default="run")
+    parser.add_argument("--repo", default=".", help="the repository (dvc.yaml, params.yaml)")
+    parser.add_argument("--cron", default=DEFAULT_CRON, help="serve: the schedule (cron, UTC)")
+    parser.add_argument("--name", default="scheduled-retrain", help="serve: the deployment's name")
+    args = parser.parse_args(argv)
+    if args.command == "stages":
+        print("\n".join(stage_order(Path(args.repo))))
+        return 0
+    if args.command == "serve":
+        retrain.serve(name=args.name, cron=args.cron, parameters={"repo": str(Path(args.repo).resolve())})
+        return 0
+    state = retrain(repo=args.repo, return_state=True)
+    return 0 if state.is_completed() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

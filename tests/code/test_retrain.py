@@ -1,0 +1,254 @@
+"""The retraining flow (pipelines/retrain.py) under Prefect's test harness, with a real MLflow SQLite store
+and a real BentoML store in temporary folders, on a temporary copy of the repository with tiny params;
+and the registry's promotion rules (pipelines/registry.py) on real registered versions of the tiny
+exported model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from pipelines import registry
+from pipelines.retrain import retrain, stage_order
+from tests.conftest import tiny_repo
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+NAME = "object-removal"
+
+
+@pytest.fixture(scope="module")
+def harness():
+    """Prefect's test harness (a temporary Prefect server and database): yields its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, harness) -> Path:
+    """A tiny copy of the repository; its MLflow store and BentoML store are its own."""
+    repo = tiny_repo(tmp_path_factory.mktemp("flow") / "repo")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default: sqlite:///mlflow.db in the repository
+        patch.setenv("BENTOML_HOME", str(repo.parent / "bentoml"))
+        patch.setenv("BENTOML_DO_NOT_TRACK", "True")
+        yield repo
+
+
+def client_of(repo: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{repo}/mlflow.db")
+
+
+def task_names(state) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as client:
+        flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        runs = client.read_task_runs(flow_run_filter=flow_run, sort=TaskRunSort.EXPECTED_START_TIME_ASC)
+    return [run.name for run in sorted(runs, key=lambda r: r.start_time)]
+
+
+@pytest.fixture(scope="module")
+def first_run(repo):
+    state = retrain(repo=str(repo), return_state=True)
+    return state
+
+
+def test_the_flow_runs_every_stage_in_order_then_registers_promotes_and_packages(repo, first_run):
+    assert first_run.is_completed(), first_run.message
+    summary = first_run.result()
+    stages = list(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
+    order = stage_order(repo)
+    assert sorted(order) == sorted(stages)  # the flow's tasks are exactly dvc.yaml's stages
+    for before, after in [("scenes", "synthesize"), ("synthesize", "pretrain_segmenter"),
+                          ("pretrain_inpainter", "finetune_joint"), ("finetune_joint", "export"), ("export", "package"),
+                          ("finetune_joint_ablation", "evaluate")]:
+        assert order.index(before) < order.index(after)
+    names = task_names(first_run)
+    assert names == [f"dvc repro {s}" for s in order] + ["register", "promote", "build_champion_bento"]
+    assert all(result == "ran" for result in summary["stages"].values())
+
+    client = client_of(repo)
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    assert str(champion.version) == summary["champion_version"] == summary["registered_version"] == "1"
+    assert registry.files_present(champion) and champion.tags["complete"] == "true"
+    metrics = json.loads((repo / "reports" / "metrics.json").read_text())
+    assert float(champion.tags["metric_value"]) == metrics["methods"]["joint_mel"]["all"]["psnr"]
+    dvc_status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=repo, capture_output=True, text=True)
+    assert "up to date" in dvc_status.stdout  # dvc.lock records what the flow ran
+
+    # one pipeline execution = one group in MLflow: the stage runs and the registration are children of the flow's
+    parent = summary["mlflow_run"]
+    children = client.search_runs([client.get_experiment_by_name(NAME).experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent}'")
+    assert {r.data.tags["stage"] for r in children} >= {"pretrain_segmenter", "pretrain_inpainter", "finetune_joint",
+                                                       "finetune_joint_ablation", "evaluate", "register"}
+    assert all(r.data.tags["pipeline_run"] == parent for r in children)
+
+    info = json.loads((repo / "models" / "champion" / "champion.json").read_text())
+    assert info["mlflow_version"] == "1" and info["bento"] == summary["bento"]
+    import bentoml
+
+    assert bentoml.bentos.get(info["bento"]).info.labels["mlflow_version"] == "1"
+
+
+def test_a_rerun_with_nothing_changed_registers_nothing_new(repo, first_run):
+    state = retrain(repo=str(repo), return_state=True)
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert set(summary["stages"].values()) == {"up to date"}
+    assert summary["registered_version"] == "1" and summary["champion_version"] == "1"
+    assert len(client_of(repo).search_model_versions(f"name='{NAME}'")) == 1
+    assert summary["bento"] == first_run.result()["bento"]  # the champion's Bento reused
+
+
+def test_a_failing_stage_fails_the_flow_and_leaves_the_champion(repo, first_run):
+    params = repo / "params.yaml"
+    original = params.read_text()
+    broken = yaml.safe_load(original)
+    broken["export"]["tolerance"] = 1e-30  # ONNX Runtime never matches PyTorch that closely: export fails
+    params.write_text(yaml.safe_dump(broken, sort_keys=False))
+    try:
+        state = retrain(repo=str(repo), return_state=True)
+    finally:
+        params.write_text(original)
+    assert state.is_failed()
+    assert "dvc repro export failed" in str(state.message) or "export" in str(state.message)
+    client = client_of(repo)
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+    assert len(client.search_model_versions(f"name='{NAME}'")) == 1
+
+
+# --- promotion rules, on real registered versions --------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("object-removal", artifact_location=(tmp_path / "artifacts").as_uri())
+    return client, experiment
+
+
+def candidate(exported, tmp_path: Path, label: str, psnr: float) -> tuple[Path, Path]:
+    """The tiny export as a model trained with other params (`label` as its params hash), evaluated at `psnr`."""
+    folder = tmp_path / label
+    shutil.copytree(exported[0]["paths"]["onnx"], folder)
+    model = json.loads((folder / "model.json").read_text())
+    model["params_hash"] = label
+    (folder / "model.json").write_text(json.dumps(model))
+    metrics = tmp_path / f"{label}-metrics.json"
+    metrics.write_text(json.dumps({"methods": {"joint_mel": {"all": {"psnr": psnr}}}}))
+    return folder, metrics
+
+
+def publish(store, exported, tmp_path, label, psnr, margin=0.0) -> registry.Decision:
+    client, experiment = store
+    folder, metrics = candidate(exported, tmp_path, label, psnr)
+    registry.register(client, NAME, experiment, folder, metrics, "methods.joint_mel.all.psnr", {})
+    return registry.promote(client, NAME, greater_is_better=True, margin=margin)
+
+
+def test_first_becomes_champion_a_better_one_is_promoted_a_worse_one_is_not(store, exported, tmp_path):
+    client, _ = store
+    first = publish(store, exported, tmp_path, "a", 24.0)
+    assert first.promoted and first.champion == "1" and first.reason == "no champion yet"
+    better = publish(store, exported, tmp_path, "b", 25.0)
+    assert better.promoted and better.champion == "2" and better.champion_value == 24.0
+    worse = publish(store, exported, tmp_path, "c", 24.5)
+    assert not worse.promoted and worse.champion == "2" and worse.challenger == "3"
+    assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "3"
+    assert "not better" in client.get_model_version(NAME, "3").tags["promotion"]
+    within_margin = publish(store, exported, tmp_path, "d", 25.05, margin=0.1)
+    assert not within_margin.promoted and within_margin.champion == "2"
+
+
+def test_a_crash_between_registration_and_promotion_ends_consistent(store, exported, tmp_path):
+    client, experiment = store
+    publish(store, exported, tmp_path, "a", 24.0)
+    folder, metrics = candidate(exported, tmp_path, "b", 25.0)
+    registry.register(client, NAME, experiment, folder, metrics, "methods.joint_mel.all.psnr", {})
+    # ... the process dies here; the re-run registers again and promotes
+    again = registry.register(client, NAME, experiment, folder, metrics, "methods.joint_mel.all.psnr", {})
+    decision = registry.promote(client, NAME, greater_is_better=True, margin=0.0)
+    assert str(again.version) == "2"  # the same version: no double registration
+    assert len(client.search_model_versions(f"name='{NAME}'")) == 2
+    assert decision.promoted and str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
+
+
+def test_a_version_left_without_files_is_replaced_and_never_champion(store, exported, tmp_path):
+    client, experiment = store
+    folder, metrics = candidate(exported, tmp_path, "a", 24.0)
+    broken = registry.register(client, NAME, experiment, folder, metrics, "methods.joint_mel.all.psnr", {})
+    client.delete_model_version_tag(NAME, broken.version, "complete")  # as if the crash came before completion ...
+    shutil.rmtree(Path(broken.source.removeprefix("file://")))  # ... and the files never arrived
+    version = registry.register(client, NAME, experiment, folder, metrics, "methods.joint_mel.all.psnr", {})
+    assert version.version != broken.version and registry.files_present(version)
+    assert [v.version for v in client.search_model_versions(f"name='{NAME}'")] == [version.version]
+    decision = registry.promote(client, NAME, greater_is_better=True, margin=0.0)
+    assert decision.champion == str(version.version)
+
+
+def test_a_champion_whose_files_are_gone_is_replaced(store, exported, tmp_path):
+    client, _ = store
+    first = publish(store, exported, tmp_path, "a", 30.0)
+    shutil.rmtree(Path(client.get_model_version(NAME, first.champion).source.removeprefix("file://")))
+    decision = publish(store, exported, tmp_path, "b", 20.0)  # worse, but the champion cannot be served
+    assert decision.promoted and "lost its files" in decision.reason
+
+
+# --- scheduling ----------------------------------------------------------------------------------------
+
+
+def prefect_env(api_url: str) -> dict[str, str]:
+    return {**os.environ, "PREFECT_API_URL": api_url, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+def deployments(api_url: str) -> dict[str, dict]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return {d.name: {"schedules": [s.schedule.cron for s in d.schedules], "pool": d.work_pool_name,
+                         "entrypoint": d.entrypoint} for d in client.read_deployments()}
+
+
+def test_flow_serve_creates_a_scheduled_deployment(harness, tmp_path):
+    server = subprocess.Popen([sys.executable, "-m", "pipelines.retrain", "serve", "--cron", "*/30 * * * *",
+                               "--name", "test-serve", "--repo", str(REPO)], cwd=REPO, env=prefect_env(harness),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while "test-serve" not in deployments(harness):
+            assert server.poll() is None and time.monotonic() < deadline, "flow.serve did not create its deployment"
+            time.sleep(1)
+        assert deployments(harness)["test-serve"]["schedules"] == ["*/30 * * * *"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+
+
+def test_prefect_yaml_deploys_to_a_work_pool(harness, tmp_path):
+    work = tmp_path / "repo"
+    shutil.copytree(REPO, work, ignore=shutil.ignore_patterns(".venv", "data", "models", ".git", "mlartifacts"))
+    env = prefect_env(harness)
+    subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", "objremoval", "--type", "process"],
+                   cwd=work, env=env, check=True, capture_output=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    deployed = deployments(harness)["scheduled-retrain"]
+    assert deployed == {"schedules": ["0 3 * * 1"], "pool": "objremoval", "entrypoint": "pipelines/retrain.py:retrain"}
