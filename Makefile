@@ -15,6 +15,8 @@ PYTEST_ARGS ?=
 # Stage commands in dvc.yaml call `python`: the environment's. albumentations must not phone home.
 export PATH := $(abspath $(BIN)):$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
+# Prefect's ephemeral server: no telemetry heartbeat (it races the flow for the SQLite file at start-up)
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
 # Headless Chromium for the web page test: Debian's package, installed when missing and apt-get can (root).
 CHROMIUM ?= /usr/bin/chromium

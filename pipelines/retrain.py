@@ -79,11 +79,17 @@ def repro(stage: str, repo: str, env: dict[str, str]) -> str:
     """`dvc repro --single-item <stage>`: runs it if its inputs changed. Returns "ran" or "up to date"."""
     logger = get_run_logger()
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # stage commands call `python`
-    done = subprocess.run([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=repo,
-                          env={**os.environ, "PATH": path, **env}, capture_output=True, text=True)
-    output = (done.stdout + done.stderr).strip()
-    if done.returncode != 0:
-        raise StageFailed(f"dvc repro {stage} failed (exit {done.returncode}):\n{output[-4000:]}")
+    lines: list[str] = []
+    with subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=repo,
+                          env={**os.environ, "PATH": path, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, errors="replace") as process:
+        for line in process.stdout:  # the stage's own log as it happens; progress bars are left out
+            lines.append(line.rstrip())
+            if line.strip() and "━" not in line:
+                logger.info("%s", line.rstrip())
+    output = "\n".join(lines)
+    if process.returncode != 0:
+        raise StageFailed(f"dvc repro {stage} failed (exit {process.returncode}):\n{output[-4000:]}")
     ran = f"Running stage '{stage}'" in output
     logger.info("%s: %s", stage, "ran" if ran else "up to date")
     return "ran" if ran else "up to date"
@@ -188,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cron", default=DEFAULT_CRON, help="serve: the schedule (cron, UTC)")
     parser.add_argument("--name", default="scheduled-retrain", help="serve: the deployment's name")
     args = parser.parse_args(argv)
+    # the ephemeral server's telemetry heartbeat races the flow for its SQLite file at start-up ("database is locked")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if args.command == "stages":
         print("\n".join(stage_order(Path(args.repo))))
         return 0
