@@ -32,6 +32,7 @@ from PIL import Image, ImageOps
 
 from components.coco import encode_rle
 
+DEFAULT_MAX_PIXELS = 40_000_000  # the service's and the command line's default limit (a 40-megapixel photo)
 SUPPORTED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"})  # GIF: first frame only
 _OPEN_WITH = tuple(sorted(SUPPORTED_FORMATS))
 _SAME_AS = {"MPO": "JPEG"}  # a JPEG holding extra pictures; its first picture is the photo

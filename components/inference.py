@@ -245,19 +245,23 @@ class ObjectRemover:
         height, width = image.shape[:2]
         size, config = self.info.image_size, self.config
         # 2. segment, 3. select
+        whole = None  # (batch, probabilities) of the whole photo at S, when segmented
         if target.mask is not None:
             coarse, classes = target.mask.astype(bool), None
         else:
-            probabilities = self.backend.probabilities(self._batch([image]))[0]
-            coarse, classes = self._select(probabilities, target, width, height)
+            batch = self._batch([image])
+            whole = batch, self.backend.probabilities(batch)
+            coarse, classes = self._select(whole[1][0], target, width, height)
         reach = coarse if expand_px <= 0 else dilate_mask(coarse, expand_px)
         if not reach.any():
             return RemovalResult(image.copy(), np.zeros((height, width), bool), None)
         # 4. windows around the regions
         windows = context_windows(reach, config.context, size)
-        crops = [image[y0:y1, x0:x1] for x0, y0, x1, y1 in windows]
-        batch = self._batch(crops)
-        probabilities = self.backend.probabilities(batch)  # (N, K, S, S)
+        if whole is not None and windows == [(0, 0, width, height)]:
+            batch, probabilities = whole  # the one window is the whole photo: its segmentation is known
+        else:
+            batch = self._batch([image[y0:y1, x0:x1] for x0, y0, x1, y1 in windows])
+            probabilities = self.backend.probabilities(batch)  # (N, K, S, S)
         masks = []
         for window, probs in zip(windows, probabilities):
             x0, y0, x1, y1 = window

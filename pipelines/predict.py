@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from components.backends import OnnxBackend
-from components.images import DecodedImage, ImageError, encode_png, mask_png, read_image_file
+from components.images import DEFAULT_MAX_PIXELS, DecodedImage, ImageError, encode_png, mask_png, read_image_file
 from components.inference import (
     InferenceConfig,
     ObjectRemover,
@@ -44,7 +44,6 @@ from pipelines.checkpoints import model_info, remover_from
 log = logging.getLogger("predict")
 BackendName = Literal["onnx", "torch"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-DEFAULT_MAX_PIXELS = 40_000_000
 
 
 def load_remover(model: str | Path = "models/onnx", backend: BackendName = "onnx",

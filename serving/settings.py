@@ -12,12 +12,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from components.images import DEFAULT_MAX_PIXELS
+
 MAX_EXPAND = 64  # |expand| limit in pixels: dilation beyond this is a different request, not a margin
 
 
 @dataclass(frozen=True)
 class Settings:
-    max_pixels: int = 40_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
     max_body_bytes: int = 32 * 2**20
     api_token: str | None = field(default=None, repr=False)  # never in logs
     threads: int = 1
