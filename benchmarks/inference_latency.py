@@ -32,11 +32,14 @@ class Timed:
     def __init__(self, backend):
         self.backend, self.name, self.seconds = backend, backend.name, 0.0
 
-    def probabilities(self, image):
+    def segment(self, image):
         start = time.perf_counter()
-        out = self.backend.probabilities(image)
+        out = self.backend.segment(image)
         self.seconds += time.perf_counter() - start
         return out
+
+    def probabilities(self, image):
+        return self.segment(image)[0]
 
     def fill(self, *arrays):
         start = time.perf_counter()

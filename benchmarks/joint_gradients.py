@@ -53,7 +53,8 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params(args.params)
     torch.manual_seed(params.seed)
-    module, data, _, _ = build(params, params.finetune_joint)
+    fit = build(params)
+    module, data = fit.module, fit.data
     module.train()
     data.setup("fit")
     batches = iter(data.train_dataloader())

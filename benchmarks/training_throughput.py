@@ -32,6 +32,8 @@ NUM_CLASSES = 11  # the built-in dataset: 10 categories + unlabeled
 CONFIGS = {
     "default": {"size": 64, "seg": (16, 3), "inp": (16, 4, 16),
                 "batch": {"segmenter": 16, "inpainter": 8, "joint": 8}},
+    "cpu128": {"size": 128, "seg": (16, 3), "inp": (16, 4, 16),
+               "batch": {"segmenter": 16, "inpainter": 8, "joint": 8}},
     "paper": {"size": 256, "seg": (32, 4), "inp": (64, 8, 64), "batch": {"segmenter": 4, "inpainter": 2, "joint": 2}},
 }
 MODULES = ("segmenter", "inpainter", "joint")

@@ -3,7 +3,9 @@
 Both take and return numpy float32 NCHW arrays at the working resolution, so everything around the
 networks (components.inference) is one code path whatever the engine:
 
-    probabilities(image (B, 3, S, S) RGB in [0, 1])                      -> (B, K, S, S) softmax
+    segment(image (B, 3, S, S) RGB in [0, 1])    -> ((B, K, S, S) softmax, (B, 1, S, S) contact
+                                                     probability, or None for a segmenter without the head)
+    probabilities(image)                                                 -> the softmax alone
     fill(image, edges (B, 1, S, S), probabilities, mask (B, 1, S, S))    -> (B, 3, S, S) raw image inpainter output
 
 The ONNX graphs are the ones stage `export` writes (segmenter.onnx, inpainter.onnx); its parity check
@@ -24,6 +26,8 @@ from components.segmenter import Segmenter
 class Backend(Protocol):
     name: str
 
+    def segment(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
+
     def probabilities(self, image: np.ndarray) -> np.ndarray: ...
 
     def fill(self, image: np.ndarray, edges: np.ndarray, probabilities: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
@@ -43,8 +47,12 @@ class TorchBackend:
         return torch.from_numpy(np.ascontiguousarray(array, np.float32)).to(self.device)
 
     @torch.inference_mode()
+    def segment(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        logits, contact = self.segmenter.segment(self._tensor(image))
+        return logits.softmax(dim=1).cpu().numpy(), None if contact is None else contact.sigmoid().cpu().numpy()
+
     def probabilities(self, image: np.ndarray) -> np.ndarray:
-        return self.segmenter(self._tensor(image)).softmax(dim=1).cpu().numpy()
+        return self.segment(image)[0]
 
     @torch.inference_mode()
     def fill(self, image: np.ndarray, edges: np.ndarray, probabilities: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -60,8 +68,12 @@ class OnnxBackend:
     def __init__(self, segmenter, inpainter):  # onnxruntime.InferenceSession each
         self.segmenter, self.inpainter = segmenter, inpainter
 
+    def segment(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        outputs = self.segmenter.run(None, {"image": np.ascontiguousarray(image, np.float32)})
+        return outputs[0], outputs[1] if len(outputs) > 1 else None  # the graph's "contact" when it has the head
+
     def probabilities(self, image: np.ndarray) -> np.ndarray:
-        return self.segmenter.run(None, {"image": np.ascontiguousarray(image, np.float32)})[0]
+        return self.segment(image)[0]
 
     def fill(self, image: np.ndarray, edges: np.ndarray, probabilities: np.ndarray, mask: np.ndarray) -> np.ndarray:
         feed = {"image": image, "edges": edges, "probabilities": probabilities, "mask": mask}

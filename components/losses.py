@@ -104,6 +104,16 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(logits, target)
 
 
+def contact_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, pos_weight: float = 1.0
+                 ) -> torch.Tensor:
+    """The contact head's term of L_PS: binary cross entropy of its logits (B, 1, H, W) against the contact
+    band `target` (B, 1, H, W) {0, 1}, averaged over the supervised pixels (`weight` 1); band pixels
+    count `pos_weight` times (the band is a small share of the supervised window). 0 with none supervised."""
+    per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none",
+                                                   pos_weight=torch.tensor(pos_weight, device=logits.device))
+    return (per_pixel * weight).sum() / weight.sum().clamp_min(1)
+
+
 def mask_expansion_loss(
     phi: torch.Tensor, soft_mask: torch.Tensor, alpha: float, reduction: Literal["mean", "sum"] = "mean"
 ) -> torch.Tensor:

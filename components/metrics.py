@@ -14,6 +14,11 @@ Conventions:
   channels. Statistics are computed in float64, so results match skimage to rounding (~1e-15).
   EdgeConnect's own evaluation script computes SSIM on greyscale with a different window, and
   torchmetrics pads and crops differently, so these numbers are not comparable with its paper tables.
+- ``leftover_share`` counts what a viewer would still see of the object: of the pixels where the photo
+  differs visibly from its true background (``visible_change``: largest RGB difference above a
+  threshold), the share outside the removal mask. A removal is *clean* when that share is at most a
+  small fraction (``clean_removal``). Pixels that changed by less than the threshold (a feathered edge a
+  grey level off) do not count, so the metric ranks masks by what they leave visible, not by ``coverage < 1``.
 - ``mask_iou`` / ``coverage`` binarise at 0.5. Two empty masks have IoU 1.0 (nothing to find, nothing
   found); ``coverage`` = |pred & target| / |target| is NaN for an empty target.
 
@@ -93,8 +98,24 @@ def area_ratio(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(area > 0, ratio, torch.full_like(ratio, float("nan"))).float()
 
 
-def leftover(pred: torch.Tensor, target: torch.Tensor, min_pixels: int = 1) -> torch.Tensor:
-    """(B,) bool: at least `min_pixels` object pixels (target) lie outside the predicted mask, i.e. part
-    of the object would survive the removal."""
-    outside = (target > 0.5) & ~(pred > 0.5)
-    return outside.flatten(1).sum(dim=1) >= min_pixels
+def visible_change(image: torch.Tensor, background: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, 1, H, W) bool: pixels where the photo `image` differs visibly from the background `background`
+    (both (B, 3, H, W) in [0, 1]): the largest channel difference is above `threshold` (in the images'
+    units; 8 grey levels of 255 is 8 / 255). These are the object's pixels a viewer can see, feathered
+    edges and Poisson-shifted colours included when they change a pixel by more than the threshold."""
+    return (image - background).abs().amax(dim=1, keepdim=True) > threshold
+
+
+def leftover_share(pred: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
+    """Share of the visibly changed pixels `changed` (B, 1, H, W) bool that lie outside the removal mask
+    `pred` (B, 1, H, W): what of the object stays visible after the removal, (B,) float32; NaN when
+    nothing changed visibly (no object to leave behind)."""
+    seen = changed.flatten(1)
+    outside = (seen & ~(pred > 0.5).flatten(1)).sum(dim=1).double()
+    return (outside / seen.sum(dim=1).double()).float()  # 0 / 0 = NaN
+
+
+def clean_removal(share: torch.Tensor, max_share: float) -> torch.Tensor:
+    """(B,) float {0, 1, NaN}: 1 where at most `max_share` of the visible object is left outside the mask
+    (NaN stays NaN: a pair with nothing visible is not counted either way)."""
+    return torch.where(share.isnan(), share, (share <= max_share).float())

@@ -1,8 +1,8 @@
 """From the segmenter's output to the mask the inpainters fill, differentiably (DESIGN.md section 2).
 
 Training selects, per image, the predicted instance of a target class (a connected component of the
-argmax map, components.segmenter) with the largest overlap with `M_G`: the paper's rule, standing in
-for a user's click on the object.
+argmax map, cut along the contact head's band when the segmenter has one: components.instances) with
+the largest overlap with `M_G`: the paper's rule, standing in for a user's click on the object.
 
 The mask fed to the inpainters is a **straight-through binarization**: forward, the binary selected
 instance, exactly what inference fills and what the inpainters were pretrained on (a soft mask would
@@ -33,16 +33,23 @@ def target_probability(logits: torch.Tensor, target_classes: Sequence[int]) -> t
     return logits.softmax(dim=1)[:, list(target_classes)].sum(dim=1, keepdim=True)
 
 
+def contact_probability(contact_logits: torch.Tensor | None) -> np.ndarray | None:
+    """(B, 1, H, W) contact logits -> (B, H, W) probabilities as numpy (None stays None)."""
+    return None if contact_logits is None else contact_logits.detach()[:, 0].sigmoid().float().cpu().numpy()
+
+
 def select_by_overlap(
-    labels: np.ndarray, target_classes: Sequence[int], reference: np.ndarray
+    labels: np.ndarray, target_classes: Sequence[int], reference: np.ndarray, contact: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per image, the target-class component of `labels` (B, H, W) overlapping `reference` (B, H, W)
-    bool the most. Returns (selected (B, H, W) bool, found (B,) bool); empty where nothing overlaps."""
+    """Per image, the target-class instance of `labels` (B, H, W) overlapping `reference` (B, H, W)
+    bool the most (instances cut along `contact` (B, H, W) probabilities when given). Returns
+    (selected (B, H, W) bool, found (B,) bool); empty where nothing overlaps."""
     selected = np.zeros(reference.shape, bool)
     found = np.zeros(len(reference), bool)
     for b in range(len(reference)):
         best = 0
-        for _, component in instances_from_labels(labels[b], list(target_classes)):
+        cut = None if contact is None else contact[b]
+        for _, component in instances_from_labels(labels[b], list(target_classes), contact=cut):
             overlap = int(np.count_nonzero(component & reference[b]))
             if overlap > best:
                 best, selected[b], found[b] = overlap, component, True
@@ -64,9 +71,11 @@ def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
 
 
 def training_mask(
-    logits: torch.Tensor, target_classes: Sequence[int], true_mask: torch.Tensor, margin: int
+    logits: torch.Tensor, target_classes: Sequence[int], true_mask: torch.Tensor, margin: int,
+    contact_logits: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The joint step's mask from the segmenter's logits (B, K, H, W) and `M_G` (B, 1, H, W).
+    """The joint step's mask from the segmenter's logits (B, K, H, W) (and contact logits (B, 1, H, W))
+    and `M_G` (B, 1, H, W).
 
     Returns (mask (B, 1, H, W): binary forward, straight-through to `m_hat`; m_hat (B, 1, H, W): the
     soft target probability inside the window, what MEL acts on; found (B,) bool: an instance
@@ -74,7 +83,7 @@ def training_mask(
     """
     reference = true_mask[:, 0].detach().cpu().numpy() > 0.5
     labels = logits.detach().argmax(dim=1).cpu().numpy()
-    selected, found = select_by_overlap(labels, target_classes, reference)
+    selected, found = select_by_overlap(labels, target_classes, reference, contact_probability(contact_logits))
     hard = np.where(found[:, None, None], selected, reference)  # fallback: M_G itself
     window = gradient_window(hard, reference, margin)
     device = logits.device
@@ -83,8 +92,10 @@ def training_mask(
     return straight_through(hard_t, m_hat), m_hat, torch.from_numpy(found).to(device)
 
 
-def evaluation_mask(logits: torch.Tensor, target_classes: Sequence[int], true_mask: torch.Tensor) -> torch.Tensor:
-    """The instance overlapping `M_G` the most, binary (B, 1, H, W); empty when none does."""
+def evaluation_mask(logits: torch.Tensor, target_classes: Sequence[int], true_mask: torch.Tensor,
+                    contact: np.ndarray | None = None) -> torch.Tensor:
+    """The instance overlapping `M_G` the most, binary (B, 1, H, W); empty when none does. `logits` may
+    be probabilities (only their argmax is used); `contact` (B, H, W) the contact probabilities."""
     reference = true_mask[:, 0].detach().cpu().numpy() > 0.5
-    selected, _ = select_by_overlap(logits.detach().argmax(dim=1).cpu().numpy(), target_classes, reference)
+    selected, _ = select_by_overlap(logits.detach().argmax(dim=1).cpu().numpy(), target_classes, reference, contact)
     return torch.from_numpy(selected).to(device=logits.device, dtype=logits.dtype)[:, None]

@@ -13,6 +13,9 @@ resolution, with:
     sdf         (1, H, W) float [-1, 1]  signed distance map phi of M_G, when `sdf_normalization` is set
                                          (joint training's MEL; computed here, in the loader workers,
                                          rather than per step on the training device)
+    contact     (1, H, W) float {0, 1}   the contact band between M_G and the things it touches, and
+    contact_weight (1, H, W) float {0, 1} where that target is known (components.instances), when
+                                         `contact_band` > 0 (the segmenter's contact head)
 
 With `background_share` > 0, that share of the training items shows the bare background I_G with its
 own segmentation and an empty mask: the segmenter also sees scenes with nothing pasted, many of them
@@ -38,6 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from components.instances import contact_target
 from components.masks import SdfNormalization, canny_edges, free_form_mask, signed_distance, to_gray
 
 MaskSource = Literal["object", "random"]
@@ -53,6 +57,8 @@ class PairsConfig:
     seed: int = 0
     sdf_normalization: SdfNormalization | None = None  # set: items carry phi of M_G as "sdf"
     background_share: float = 0.0  # training items shown as the bare I_G (its own labels, an empty mask)
+    thing_classes: tuple[int, ...] = ()  # contiguous indices of the thing (object) classes
+    contact_band: int = 0  # > 0: items carry the contact head's target for a band of this many px
 
 
 def read_categories(pairs_root: str | Path) -> list[dict]:
@@ -143,6 +149,10 @@ class PairsDataset(Dataset):
         }
         if self.config.sdf_normalization is not None:
             item["sdf"] = torch.from_numpy(signed_distance(mask > 0, self.config.sdf_normalization))[None]
+        if self.config.contact_band > 0:
+            target, weight = contact_target(mask > 0, item["seg"].numpy(), self.config.thing_classes,
+                                            self.config.contact_band)
+            item["contact"], item["contact_weight"] = torch.from_numpy(target)[None], torch.from_numpy(weight)[None]
         return item
 
 
@@ -154,6 +164,14 @@ class PairsDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.train_set = PairsDataset(self.config, "train", augment=True, mask_source=self.mask_source)
         self.val_set = PairsDataset(self.config, "val", augment=False, mask_source=self.mask_source)
+        # the training loader drops the last partial batch: fewer pairs than one batch would train nothing
+        if len(self.train_set) < self.batch_size:
+            raise ValueError(f"the train split of {self.config.root} has {len(self.train_set)} pairs, fewer than "
+                             f"one batch (batch_size {self.batch_size}): nothing would be trained; synthesize more "
+                             "pairs (synthesize.pairs.train) or lower the stage's batch_size")
+        if len(self.val_set) == 0:
+            raise ValueError(f"the val split of {self.config.root} has no pairs: nothing to validate or to pick "
+                             "the best checkpoint by (synthesize.pairs.val)")
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.config.seed)
@@ -168,7 +186,8 @@ class PairsDataModule(L.LightningDataModule):
 
 
 def pairs_config(
-    pairs_root: str, image_size: int, canny_sigma: float, seed: int, sdf_normalization: SdfNormalization | None = None
+    pairs_root: str, image_size: int, canny_sigma: float, seed: int, sdf_normalization: SdfNormalization | None = None,
+    contact_band: int = 0,
 ) -> tuple[PairsConfig, list[dict], list[int]]:
     """The dataset config for `pairs_root`, its categories, and the contiguous indices of the target classes."""
     summary_path = Path(pairs_root) / "summary.json"
@@ -176,8 +195,10 @@ def pairs_config(
     summary = json.loads(summary_path.read_text())
     class_ids = tuple(c["id"] for c in categories)
     targets = [class_ids.index(cid) + 1 for cid in summary["target_category_ids"]]
-    config = PairsConfig(pairs_root, image_size, class_ids, tuple(summary["bucket_edges"]), canny_sigma, seed,
-                         sdf_normalization)
+    things = tuple(i + 1 for i, c in enumerate(categories) if c.get("isthing", True))
+    config = PairsConfig(root=pairs_root, image_size=image_size, class_ids=class_ids,
+                         bucket_edges=tuple(summary["bucket_edges"]), canny_sigma=canny_sigma, seed=seed,
+                         sdf_normalization=sdf_normalization, thing_classes=things, contact_band=contact_band)
     return config, categories, targets
 
 

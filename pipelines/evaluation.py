@@ -14,8 +14,10 @@ when none does, nothing is removed and the output is the input (a failure, score
 
 Per pair: PSNR and SSIM of the whole image (components.metrics: RGB, skimage's SSIM convention), PSNR
 inside M_G (where the object was), the mask's IoU with M_G, its coverage of M_G, over-expansion
-|M| / |M_G|, leftover (object pixels outside the mask), and LPIPS when its weights are local. FID per
-method over the whole split when the Inception file is local.
+|M| / |M_G|, the leftover share (of the pixels where I differs visibly from I_G, those outside the mask:
+what of the object a viewer still sees) and whether the removal is clean (leftover share at most
+`clean_share`), and LPIPS when its weights are local. FID per method over the whole split when the
+Inception file is local.
 """
 
 from __future__ import annotations
@@ -30,11 +32,20 @@ import torch
 from components import inference
 from components.backends import Backend
 from components.masks import dilate_mask, erode_mask
-from components.metrics import area_ratio, coverage, leftover, mask_iou, psnr, ssim
+from components.metrics import (
+    area_ratio,
+    clean_removal,
+    coverage,
+    leftover_share,
+    mask_iou,
+    psnr,
+    ssim,
+    visible_change,
+)
 from components.perceptual_metrics import LPIPS, frechet_distance, inception_features
 from components.selection import evaluation_mask
 
-PER_PAIR = ("psnr", "ssim", "psnr_mask", "iou", "coverage", "over_expansion", "leftover", "lpips")
+PER_PAIR = ("psnr", "ssim", "psnr_mask", "iou", "coverage", "over_expansion", "leftover_share", "clean", "lpips")
 
 
 @dataclass
@@ -64,9 +75,11 @@ def classical_fill(image: torch.Tensor, mask: torch.Tensor, method: int, radius:
     return torch.stack(out).to(image)
 
 
-def segment(model: Backend, image: torch.Tensor) -> torch.Tensor:
-    """(B, K, H, W) class probabilities of the model's segmenter."""
-    return torch.from_numpy(model.probabilities(image.numpy()))
+def segment(model: Backend, image: torch.Tensor) -> tuple[torch.Tensor, np.ndarray | None]:
+    """(B, K, H, W) class probabilities of the model's segmenter, and its (B, H, W) contact probabilities
+    (None without the contact head)."""
+    probabilities, contact = model.segment(image.numpy())
+    return torch.from_numpy(probabilities), None if contact is None else contact[:, 0]
 
 
 def inpaint(model: Backend, image: torch.Tensor, mask: torch.Tensor, probabilities: torch.Tensor,
@@ -79,21 +92,25 @@ def inpaint(model: Backend, image: torch.Tensor, mask: torch.Tensor, probabiliti
 def evaluate_batches(
     batches, models: dict[str, Backend], target_classes: list[int], dilation_px: int,
     table1_offsets: list[int], buckets: list[str], canny_sigma: float, lpips: LPIPS | None = None,
+    visible_threshold: float = 8 / 255, clean_share: float = 0.02,
 ) -> Evaluation:
     """Run every method on every batch (dicts from PairsDataset plus "bucket" labels). A model is a
-    backend of the inference path (components.backends): one row of the methods table."""
+    backend of the inference path (components.backends): one row of the methods table. A pixel is part
+    of the visible object where |I - I_G| exceeds `visible_threshold` (in [0, 1] units); a removal is
+    clean when at most `clean_share` of those pixels lie outside its mask."""
     result = Evaluation(buckets)
     pair = 0
     for batch in batches:
         image, target, true = batch["image"], batch["background"], batch["mask"]
+        visible = visible_change(image, target, visible_threshold)  # (B, 1, H, W): the object as seen
         pretrained = models["pretrained"]
-        probs = segment(pretrained, image)
-        base_mask = evaluation_mask(probs, target_classes, true)
+        probs, contact = segment(pretrained, image)
+        base_mask = evaluation_mask(probs, target_classes, true, contact)
         outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # method -> (mask, composite)
         for name in ("joint_mel", "joint_no_mel"):
             if name in models:
-                own = segment(models[name], image)
-                mask = evaluation_mask(own, target_classes, true)
+                own, own_contact = segment(models[name], image)
+                mask = evaluation_mask(own, target_classes, true, own_contact)
                 outputs[name] = (mask, inpaint(models[name], image, mask, own, canny_sigma))
         outputs["pretrained"] = (base_mask, inpaint(pretrained, image, base_mask, probs, canny_sigma))
         dilated = morph(base_mask, dilation_px)
@@ -108,8 +125,9 @@ def evaluate_batches(
                 "psnr": psnr(composite, target), "ssim": ssim(composite, target),
                 "psnr_mask": psnr(composite, target, mask=true), "iou": mask_iou(mask, true),
                 "coverage": coverage(mask, true), "over_expansion": area_ratio(mask, true),
-                "leftover": leftover(mask, true).float(),
             }
+            scores["leftover_share"] = leftover_share(mask, visible)
+            scores["clean"] = clean_removal(scores["leftover_share"], clean_share)
             if lpips is not None:
                 scores["lpips"] = lpips(composite, target)
             for i in range(n):
@@ -200,7 +218,9 @@ def markdown_report(metrics: dict, grid_name: str) -> str:
     table("Mask IoU with M_G", "iou", ".3f")
     table("Coverage of M_G", "coverage", ".3f")
     table("Over-expansion |M| / |M_G|", "over_expansion", ".2f")
-    table("Leftover-object rate", "leftover", ".2f")
+    table(f"Leftover share: visible object pixels (|I - I_G| > {metrics['visible_threshold']} grey levels) "
+          "outside the mask", "leftover_share", ".3f")
+    table(f"Clean-removal rate (leftover share <= {metrics['clean_share']})", "clean", ".2f")
     if metrics["perceptual"].get("lpips") == "computed":
         table("LPIPS (VGG)", "lpips", ".4f")
     lines.extend(["## Table I: the true mask eroded (-) or dilated (+), pretrained inpainters", "",
@@ -220,21 +240,27 @@ def markdown_report(metrics: dict, grid_name: str) -> str:
     return "\n".join(lines)
 
 
-def plot_rows(metrics: dict) -> tuple[list[dict], list[dict]]:
-    """DVC plot data: PSNR by bucket (x = the bucket's middle, %) with a column per method, and Table I
-    (x = offset px) with a column per bucket."""
-    by_bucket = []
+def bucket_rows(metrics: dict, key: str) -> list[dict]:
+    """DVC plot data: `key` by bucket (x = the bucket's middle, %) with a column per method."""
+    rows = []
     for bucket in metrics["buckets"]:
         lo, hi = (int(x) for x in bucket.split("-"))
         row = {"mask_ratio_pct": (lo + hi) / 2}
-        row.update({name: m[bucket]["psnr"] for name, m in metrics["methods"].items() if bucket in m})
-        by_bucket.append(row)
+        row.update({name: m[bucket][key] for name, m in metrics["methods"].items() if bucket in m})
+        rows.append(row)
+    return rows
+
+
+def plot_rows(metrics: dict) -> tuple[list[dict], list[dict], list[dict]]:
+    """DVC plot data: PSNR and the clean-removal rate by bucket (bucket_rows), and Table I (x = offset px)
+    with a column per bucket."""
+    by_bucket, clean = bucket_rows(metrics, "psnr"), bucket_rows(metrics, "clean")
     table1 = []
     for offset, cells in metrics["table1"].items():
         row = {"offset_px": int(offset)}
         row.update({f"psnr_{b}": c["psnr"] for b, c in cells.items()})
         table1.append(row)
-    return by_bucket, table1
+    return by_bucket, clean, table1
 
 
 def flat_metrics(tree: dict, prefix: str = "") -> dict[str, float]:

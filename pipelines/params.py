@@ -135,6 +135,7 @@ class SynthesizeParams(Section):
 class SegmenterNet(Section):
     width: PositiveInt  # channels of the first U-Net level (doubles per level)
     depth: PositiveInt  # number of downsamplings; image sizes must be multiples of 2**depth
+    contact_band: Annotated[int, Field(ge=0)]  # px: the contact head's band where things touch; 0 = no head
 
 
 class InpainterNet(Section):
@@ -181,6 +182,7 @@ class PretrainSegmenterParams(Section):
     weight_decay: Annotated[float, Field(ge=0)]
     schedule: Literal["constant", "cosine"]  # AdamW's learning rate: constant, or a cosine decay to 0
     background_share: Fraction  # training items shown as the bare background I_G (scenes with nothing pasted)
+    contact_weight: Annotated[float, Field(ge=0)]  # the contact head's BCE in L_PS
 
 
 class InpainterLossWeights(Section):
@@ -242,6 +244,7 @@ class FinetuneJointParams(Section):
     segmentation_weight: Annotated[float, Field(ge=0)]  # weight of L_PS in L_SN (paper: 1)
     selection_margin: Annotated[int, Field(ge=0)]  # px around the selection and M_G that m_hat covers
     background_share: Fraction  # training items shown as the bare I_G: only L_PS learns from them
+    contact_weight: Annotated[float, Field(ge=0)]  # the contact head's BCE in L_PS
     losses: InpainterLossWeights
     mel: MelParams
 
@@ -252,6 +255,8 @@ class EvaluateParams(Section):
     dilation_px: Annotated[int, Field(ge=0)]  # the fixed-dilation baseline: the pretrained mask grown by k px
     table1_offsets_px: Annotated[list[int], Field(min_length=1)]  # the paper's Table I: -2, 0, 2, 4, 6, 8
     samples_per_case: PositiveInt  # pairs per row group (best, median, worst) of reports/samples.png
+    visible_threshold: Annotated[int, Field(ge=0, le=254)]  # grey levels: |I - I_G| above it is visible object
+    clean_share: Fraction  # a removal is clean when at most this share of the visible object is outside the mask
     lpips_vgg16_weights: str | None  # local torchvision VGG-16 state dict (LPIPS backbone)
     lpips_heads: str | None  # local LPIPS linear heads (the lpips package's weights/v0.1/vgg.pth)
     fid_inception: str | None  # local Inception TorchScript (inception-2015-12-05.pt)

@@ -80,9 +80,11 @@ def run(params: Params, experiment: str = "object-removal") -> dict:
     perceptual["fid"] = ("computed over the whole split" if inception is not None else
                          "skipped: evaluate.fid_inception names no local TorchScript file (nothing is downloaded)")
 
-    result = evaluate_batches(loader, models, targets, p.dilation_px, p.table1_offsets_px, buckets, canny_sigma, lpips)
+    result = evaluate_batches(loader, models, targets, p.dilation_px, p.table1_offsets_px, buckets, canny_sigma, lpips,
+                              visible_threshold=p.visible_threshold / 255, clean_share=p.clean_share)
     metrics = {
         "split": p.split, "pairs": len(dataset), "image_size": params.networks.image_size, "buckets": buckets,
+        "visible_threshold": p.visible_threshold, "clean_share": p.clean_share,
         "methods": summarize(result.rows, PER_PAIR, "method", buckets),
         "table1": summarize(result.table1, ("psnr", "ssim"), "offset_px", buckets),
         "perceptual": perceptual,
@@ -92,11 +94,12 @@ def run(params: Params, experiment: str = "object-removal") -> dict:
                    "warm-up), so there is no random-mask-only model to compare"),
     }
     grid, picked = sample_grid(result, "joint_mel", p.samples_per_case)
-    by_bucket, table1 = plot_rows(metrics)
+    by_bucket, clean, table1 = plot_rows(metrics)
     section = {"evaluate": p.model_dump(mode="json"), "networks": params.networks.model_dump(mode="json")}
     with start_stage_run(experiment, STAGE, section) as tracked:
         write_json(reports / "metrics.json", metrics)
         write_json(reports / "plots" / "evaluate_buckets.json", by_bucket)
+        write_json(reports / "plots" / "evaluate_clean.json", clean)
         write_json(reports / "plots" / "table1.json", table1)
         cv2.imwrite(str(reports / "samples.png"), grid[..., ::-1])
         (reports / "evaluation.md").write_text(markdown_report(metrics, "samples.png"))

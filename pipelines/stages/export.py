@@ -4,12 +4,15 @@ Stage `export`: the jointly trained segmenter and inpainters (`paths.joint/best.
 serving without PyTorch. Two graphs, both float32 NCHW with RGB in [0, 1]:
 
     segmenter.onnx   image (B, 3, S, S)                              -> probabilities (B, K, S, S)
+                                                                        [, contact (B, 1, S, S)]
     inpainter.onnx   image, edges (B, 1, S, S), probabilities, mask  -> fill (B, 3, S, S)
 
 `S` is the working resolution (`networks.image_size`) and is fixed in the graphs: the smooth hole
 fill's pyramid has one level per halving of the size, so the exported graph holds the levels of `S`.
-The batch is dynamic. The edges (Canny), the choice of the instances and the composite stay outside
-the graphs, in the shared inference path (`components.inference`).
+The batch is dynamic. `contact` (the probability of the band where two things touch) is an output only
+when the segmenter has the contact head (`networks.segmenter.contact_band` > 0). The edges (Canny), the
+choice of the instances and the composite stay outside the graphs, in the shared inference path
+(`components.inference`).
 
 Each graph passes `onnx.checker` (full check), then ONNX Runtime is compared with PyTorch on
 `export.parity_pairs` test pairs (their true masks as the holes); the stage fails, and writes nothing,
@@ -52,12 +55,16 @@ class ParityError(RuntimeError):
 
 
 class SegmenterProbabilities(nn.Module):
+    """Class probabilities, and the contact probability when the segmenter has the head."""
+
     def __init__(self, segmenter: Segmenter):
         super().__init__()
         self.segmenter = segmenter
+        self.outputs = ("probabilities", "contact") if segmenter.contact is not None else ("probabilities",)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.segmenter(image).softmax(dim=1)
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, contact = self.segmenter.segment(image)
+        return (logits.softmax(dim=1),) if contact is None else (logits.softmax(dim=1), contact.sigmoid())
 
 
 class InpainterFill(nn.Module):
@@ -71,11 +78,11 @@ class InpainterFill(nn.Module):
         return self.inpainters(image, edges, probabilities, mask).image
 
 
-def export_graph(module: nn.Module, example: tuple[torch.Tensor, ...], names: tuple[str, ...], output: str,
-                 path: Path, opset: int) -> None:
+def export_graph(module: nn.Module, example: tuple[torch.Tensor, ...], names: tuple[str, ...],
+                 outputs: tuple[str, ...], path: Path, opset: int) -> None:
     """`module` to ONNX at `path` with a dynamic batch axis, then the full ONNX checker."""
     batch = torch.export.Dim("batch", min=1, max=1024)
-    torch.onnx.export(module.eval(), example, str(path), input_names=list(names), output_names=[output],
+    torch.onnx.export(module.eval(), example, str(path), input_names=list(names), output_names=list(outputs),
                       dynamic_shapes=tuple({0: batch} for _ in names), dynamo=True, opset_version=opset,
                       external_data=False, verbose=False)
     onnx.checker.check_model(str(path), full_check=True)
@@ -89,17 +96,19 @@ def session(path: Path) -> ort.InferenceSession:
 def parity(segmenter: nn.Module, inpainter: nn.Module, sessions: dict[str, ort.InferenceSession], loader,
            canny_sigma: float) -> dict[str, float]:
     """Largest |ONNX Runtime - PyTorch| of each output over the loader's pairs (true masks as holes)."""
-    worst = {"probabilities": 0.0, "fill": 0.0}
+    worst = {name: 0.0 for name in (*segmenter.outputs, "fill")}
     for batch in loader:
         image, mask = batch["image"], batch["mask"]
-        probabilities = segmenter(image)
+        segmented = segmenter(image)
+        probabilities = segmented[0]
         edges = torch.from_numpy(edges_of(image.numpy(), canny_sigma))
         fill = inpainter(image, edges, probabilities, mask)
-        onnx_probabilities = sessions["segmenter"].run(None, {"image": image.numpy()})[0]
+        onnx_segmented = sessions["segmenter"].run(None, {"image": image.numpy()})
         # the same inputs for both inpainters, so each graph is compared on its own
         feed = {"image": image, "edges": edges, "probabilities": probabilities, "mask": mask}
         onnx_fill = sessions["inpainter"].run(None, {k: v.numpy() for k, v in feed.items()})[0]
-        for name, ours, theirs in (("probabilities", onnx_probabilities, probabilities), ("fill", onnx_fill, fill)):
+        pairs = [*zip(segmenter.outputs, onnx_segmented, segmented, strict=True), ("fill", onnx_fill, fill)]
+        for name, ours, theirs in pairs:
             worst[name] = max(worst[name], float(np.abs(ours - theirs.numpy()).max()))
     return worst
 
@@ -124,8 +133,8 @@ def run(params: Params) -> dict:
     example = (example_image, example_edges, torch.full((2, classes, size, size), 1 / classes), first["mask"][:2])
     section = {"export": p.model_dump(mode="json"), "networks": params.networks.model_dump(mode="json")}
     with atomic_dir(Path(params.paths.onnx)) as out:
-        export_graph(segmenter, (example_image,), SEGMENTER_INPUTS, "probabilities", out / "segmenter.onnx", p.opset)
-        export_graph(inpainter, example, INPAINTER_INPUTS, "fill", out / "inpainter.onnx", p.opset)
+        export_graph(segmenter, (example_image,), SEGMENTER_INPUTS, segmenter.outputs, out / "segmenter.onnx", p.opset)
+        export_graph(inpainter, example, INPAINTER_INPUTS, ("fill",), out / "inpainter.onnx", p.opset)
         sessions = {"segmenter": session(out / "segmenter.onnx"), "inpainter": session(out / "inpainter.onnx")}
         worst = parity(segmenter, inpainter, sessions, loader, canny_sigma)
         if max(worst.values()) > p.tolerance:
@@ -134,7 +143,9 @@ def run(params: Params) -> dict:
         info = {
             "graphs": {
                 "segmenter.onnx": {"inputs": {"image": ["batch", 3, size, size]},
-                                   "outputs": {"probabilities": ["batch", classes, size, size]}},
+                                   "outputs": {"probabilities": ["batch", classes, size, size],
+                                               **({"contact": ["batch", 1, size, size]}
+                                                  if "contact" in segmenter.outputs else {})}},
                 "inpainter.onnx": {"inputs": {"image": ["batch", 3, size, size], "edges": ["batch", 1, size, size],
                                               "probabilities": ["batch", classes, size, size],
                                               "mask": ["batch", 1, size, size]},

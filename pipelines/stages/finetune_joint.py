@@ -19,15 +19,14 @@ from pathlib import Path
 
 import lightning as L
 
-from components.inpainting import InpaintingConfig
-from components.segmenter import SegmenterConfig
 from pipelines.checkpoints import read_checkpoint, sub_state
 from pipelines.common import stage_main
 from pipelines.data import PairsDataModule, pairs_config
-from pipelines.params import FinetuneJointParams, Params, ParamsError
-from pipelines.training.harness import fit_stage
-from pipelines.training.inpainter_module import LossWeights, OptimConfig
-from pipelines.training.joint_module import JointConfig, JointModule
+from pipelines.params import Params, ParamsError
+from pipelines.training.harness import StageFit, fit_stage
+from pipelines.training.inpainter_module import inpainting_config, loss_weights, optim_config
+from pipelines.training.joint_module import JointModule, joint_config
+from pipelines.training.segmenter_module import segmenter_config
 
 log = logging.getLogger("finetune_joint")
 STAGE = "finetune_joint"
@@ -62,33 +61,11 @@ def pretrained_checkpoints(params: Params) -> tuple[Path, Path]:
     return Path(params.paths.segmenter) / "best.ckpt", Path(params.paths.inpainter) / "best.ckpt"
 
 
-def build(
-    params: Params, section: FinetuneJointParams, signed_distance: bool = True
-) -> tuple[JointModule, PairsDataModule, list[dict], list[int]]:
-    """The joint module with the pretrained weights loaded, its data (with `phi` per item when
-    `signed_distance`), the categories and the target classes, for one `finetune_joint`-shaped
-    `section` of params (the ablation passes its own)."""
-    p, nets, pi = section, params.networks, params.pretrain_inpainter
-    data_config, categories, targets = pairs_config(params.paths.pairs, nets.image_size, pi.canny_sigma, p.seed,
-                                                    p.mel.normalization if signed_distance else None)
-    n, s = nets.inpainter, nets.segmenter
-    inpainting = InpaintingConfig(len(categories) + 1, n.width, n.residual_blocks, n.dilation,
-                                  n.discriminator_width, n.hole_fill, n.image_head)
-    segmenter = SegmenterConfig(len(categories) + 1, s.width, s.depth)
-    joint = JointConfig(tuple(targets), p.segmenter_lr, p.segmentation_weight, p.selection_margin, p.mel.enabled,
-                        p.mel.alpha, p.mel.weight, p.mel.reduction)
-    module = JointModule(inpainting, segmenter, joint, LossWeights(**p.losses.model_dump()),
-                         OptimConfig(p.lr, p.d_lr_ratio, p.betas, p.schedule), pi.features, pi.vgg19_weights)
-    load_pretrained(module, *pretrained_checkpoints(params))
-    data = PairsDataModule(replace(data_config, background_share=p.background_share), p.batch_size,
-                           params.trainer.num_workers)
-    return module, data, categories, targets
-
-
-def run(params: Params, experiment: str = "object-removal", ablation: bool = False) -> dict:
-    """Fine-tune end to end; `ablation` trains the same thing without MEL into `paths.joint_ablation`
-    (stage `finetune_joint_ablation`), the comparison the evaluation reports."""
-    p, nets, tp, pi = params.finetune_joint, params.networks, params.trainer, params.pretrain_inpainter
+def build(params: Params, ablation: bool = False, load_weights: bool = True) -> StageFit:
+    """The joint module (the pretrained weights loaded unless `load_weights` is false), its data (with
+    `phi` per item when MEL is on) and the fit's settings. `ablation` is the same without MEL, into
+    `paths.joint_ablation` (stage `finetune_joint_ablation`): the comparison the evaluation reports."""
+    p, nets, pi = params.finetune_joint, params.networks, params.pretrain_inpainter
     stage, folder = STAGE, Path(params.paths.joint)
     if ablation:
         p = p.model_copy(update={"mel": p.mel.model_copy(update={"enabled": False})})
@@ -96,20 +73,37 @@ def run(params: Params, experiment: str = "object-removal", ablation: bool = Fal
     inherited = {"features": pi.features, "vgg19_weights": pi.vgg19_weights, "canny_sigma": pi.canny_sigma}
     # the ablation reads no MEL param (no phi in its data either), so sweeping alpha does not re-run it
     section = {stage: p.model_dump(mode="json", exclude={"mel"} if ablation else None),
-               "networks": nets.model_dump(mode="json"), "trainer": tp.model_dump(mode="json"), "seed": params.seed,
-               "pretrain_inpainter": inherited}
+               "networks": nets.model_dump(mode="json"), "trainer": params.trainer.model_dump(mode="json"),
+               "seed": params.seed, "pretrain_inpainter": inherited}
     L.seed_everything(params.seed + p.seed, workers=True, verbose=False)
-    module, data, categories, targets = build(params, p, signed_distance=not ablation)
+    data_config, categories, targets = pairs_config(params.paths.pairs, nets.image_size, pi.canny_sigma, p.seed,
+                                                    p.mel.normalization if p.mel.enabled else None,
+                                                    contact_band=nets.segmenter.contact_band)
+    num_classes = len(categories) + 1
+    module = JointModule(inpainting_config(nets, num_classes), segmenter_config(nets, num_classes),
+                         joint_config(p, targets), loss_weights(p.losses), optim_config(p),
+                         features=pi.features, vgg19_weights=pi.vgg19_weights)
     segmenter_ckpt, inpainter_ckpt = pretrained_checkpoints(params)
-    info = fit_stage(stage, experiment, section, module, data, tp, p.epochs, folder,
-                     Path(params.paths.reports), "val/psnr", "joint",
-                     {"inpainting": asdict(module.config), "segmenter": asdict(module.segmenter.config),
-                      "joint": asdict(module.joint)},
-                     {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],
-                      "target_classes": targets, "image_size": nets.image_size, "canny_sigma": pi.canny_sigma},
-                     inputs={"segmenter": file_digest(segmenter_ckpt), "inpainter": file_digest(inpainter_ckpt)},
-                     baseline=True)
-    log.info("%s: %s", stage, info["metrics"])
+    inputs = {}
+    if load_weights:
+        load_pretrained(module, segmenter_ckpt, inpainter_ckpt)
+        inputs = {"segmenter": file_digest(segmenter_ckpt), "inpainter": file_digest(inpainter_ckpt)}
+    data = PairsDataModule(replace(data_config, background_share=p.background_share), p.batch_size,
+                           params.trainer.num_workers)
+    return StageFit(stage, section, module, data, params.trainer, p.epochs, folder, Path(params.paths.reports),
+                    "val/psnr", "joint",
+                    {"inpainting": asdict(module.config), "segmenter": asdict(module.segmenter.config),
+                     "joint": asdict(module.joint)},
+                    {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],
+                     "target_classes": targets, "image_size": nets.image_size, "canny_sigma": pi.canny_sigma},
+                    inputs=inputs, baseline=True)
+
+
+def run(params: Params, experiment: str = "object-removal", ablation: bool = False) -> dict:
+    """Fine-tune end to end (`ablation`: without MEL, stage `finetune_joint_ablation`)."""
+    fit = build(params, ablation)
+    info = fit_stage(fit, experiment)
+    log.info("%s: %s", fit.stage, info["metrics"])
     return info
 
 

@@ -12,38 +12,41 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
 
-from components.inpainting import InpaintingConfig
 from pipelines.common import stage_main
 from pipelines.data import PairsDataModule, pairs_config
 from pipelines.params import Params
-from pipelines.training.harness import fit_stage
-from pipelines.training.inpainter_module import InpainterModule, LossWeights, OptimConfig
+from pipelines.training.harness import StageFit, fit_stage
+from pipelines.training.inpainter_module import InpainterModule, inpainting_config, loss_weights, optim_config
 
 log = logging.getLogger("pretrain_inpainter")
 STAGE = "pretrain_inpainter"
 
 
-def run(params: Params, experiment: str = "object-removal") -> dict:
-    p, nets, tp = params.pretrain_inpainter, params.networks, params.trainer
+def build(params: Params) -> StageFit:
+    """The three inpainters with their discriminators, their data and the fit's settings, from params."""
+    p, nets = params.pretrain_inpainter, params.networks
     section = {"pretrain_inpainter": p.model_dump(mode="json"), "networks": nets.model_dump(mode="json"),
-               "trainer": tp.model_dump(mode="json"), "seed": params.seed}
+               "trainer": params.trainer.model_dump(mode="json"), "seed": params.seed}
     L.seed_everything(params.seed + p.seed, workers=True, verbose=False)
     data_config, categories, _ = pairs_config(params.paths.pairs, nets.image_size, p.canny_sigma, p.seed)
-    n = nets.inpainter
-    config = InpaintingConfig(len(categories) + 1, n.width, n.residual_blocks, n.dilation, n.discriminator_width,
-                              n.hole_fill, n.image_head)
-    module = InpainterModule(config, LossWeights(**p.losses.model_dump()), OptimConfig(p.lr, p.d_lr_ratio, p.betas),
-                             p.features, p.vgg19_weights, p.image_inputs)
-    data = PairsDataModule(data_config, p.batch_size, tp.num_workers)
-    info = fit_stage(STAGE, experiment, section, module, data, tp, p.epochs, Path(params.paths.inpainter),
-                     Path(params.paths.reports), "val/psnr_mask", "inpainter", {**config.__dict__},
-                     {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],
-                      "image_size": nets.image_size, "canny_sigma": p.canny_sigma},
-                     random_mask_epochs=p.random_mask_epochs)
+    config = inpainting_config(nets, len(categories) + 1)
+    module = InpainterModule(config, loss_weights(p.losses), optim_config(p), features=p.features,
+                             vgg19_weights=p.vgg19_weights, image_inputs=p.image_inputs)
+    data = PairsDataModule(data_config, p.batch_size, params.trainer.num_workers)
+    return StageFit(STAGE, section, module, data, params.trainer, p.epochs, Path(params.paths.inpainter),
+                    Path(params.paths.reports), "val/psnr_mask", "inpainter", asdict(config),
+                    {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],
+                     "image_size": nets.image_size, "canny_sigma": p.canny_sigma},
+                    random_mask_epochs=p.random_mask_epochs)
+
+
+def run(params: Params, experiment: str = "object-removal") -> dict:
+    info = fit_stage(build(params), experiment)
     log.info("inpainter: %s", info["metrics"])
     return info
 

@@ -11,35 +11,43 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import lightning as L
 
-from components.segmenter import SegmenterConfig
 from pipelines.common import stage_main
 from pipelines.data import PairsDataModule, pairs_config
 from pipelines.params import Params
-from pipelines.training.harness import fit_stage
-from pipelines.training.segmenter_module import SegmenterModule
+from pipelines.training.harness import StageFit, fit_stage
+from pipelines.training.segmenter_module import SegmenterModule, segmenter_config
 
 log = logging.getLogger("pretrain_segmenter")
 STAGE = "pretrain_segmenter"
 
 
-def run(params: Params, experiment: str = "object-removal") -> dict:
-    p, nets, tp = params.pretrain_segmenter, params.networks, params.trainer
+def build(params: Params) -> StageFit:
+    """The segmenter module, its data and the fit's settings, from params (seeded first: the weights'
+    initialization comes from the stage's seed)."""
+    p, nets = params.pretrain_segmenter, params.networks
     section = {"pretrain_segmenter": p.model_dump(mode="json"), "networks": nets.model_dump(mode="json"),
-               "trainer": tp.model_dump(mode="json"), "seed": params.seed}
+               "trainer": params.trainer.model_dump(mode="json"), "seed": params.seed}
     L.seed_everything(params.seed + p.seed, workers=True, verbose=False)
-    data_config, categories, targets = pairs_config(params.paths.pairs, nets.image_size, 1.0, p.seed)
-    config = SegmenterConfig(len(categories) + 1, nets.segmenter.width, nets.segmenter.depth)
-    module = SegmenterModule(config, targets, p.lr, p.weight_decay, p.schedule)
-    data = PairsDataModule(replace(data_config, background_share=p.background_share), p.batch_size, tp.num_workers)
-    info = fit_stage(STAGE, experiment, section, module, data, tp, p.epochs, Path(params.paths.segmenter),
-                     Path(params.paths.reports), "val/mask_iou", "segmenter", {**config.__dict__},
-                     {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],
-                      "target_classes": targets, "image_size": nets.image_size})
+    data_config, categories, targets = pairs_config(params.paths.pairs, nets.image_size, 1.0, p.seed,
+                                                    contact_band=nets.segmenter.contact_band)
+    config = segmenter_config(nets, len(categories) + 1)
+    module = SegmenterModule(config, targets, lr=p.lr, weight_decay=p.weight_decay, schedule=p.schedule,
+                             contact_weight=p.contact_weight)
+    data = PairsDataModule(replace(data_config, background_share=p.background_share), p.batch_size,
+                           params.trainer.num_workers)
+    return StageFit(STAGE, section, module, data, params.trainer, p.epochs, Path(params.paths.segmenter),
+                    Path(params.paths.reports), "val/mask_iou", "segmenter", asdict(config),
+                    {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],
+                     "target_classes": targets, "image_size": nets.image_size})
+
+
+def run(params: Params, experiment: str = "object-removal") -> dict:
+    info = fit_stage(build(params), experiment)
     log.info("segmenter: %s", info["metrics"])
     return info
 

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,18 +104,24 @@ class EpochMetricsFile(Callback):
         write_json(self.path, [*rows, row])
 
 
+def trainer_arguments(params: TrainerParams, max_epochs: int) -> dict[str, Any]:
+    """The Lightning Trainer's settings from `trainer` params, by keyword (every field is used here)."""
+    limit = params.limit_train_batches
+    return {"accelerator": params.accelerator, "devices": params.devices, "num_nodes": params.num_nodes,
+            "strategy": params.strategy, "precision": params.precision, "max_epochs": max_epochs,
+            "limit_train_batches": int(limit) if limit > 1 else limit,
+            "log_every_n_steps": params.log_every_n_steps}
+
+
 def build_trainer(
     params: TrainerParams, max_epochs: int, folder: Path, monitor: str, mode: str, logger: Any,
     plots: Path, extra_callbacks: list[Callback] | None = None,
 ) -> L.Trainer:
     checkpoint = ModelCheckpoint(dirpath=folder, filename="best", monitor=monitor, mode=mode, save_last=True,
                                  save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
-    limit = params.limit_train_batches
     return L.Trainer(
-        accelerator=params.accelerator, devices=params.devices, num_nodes=params.num_nodes,
-        strategy=params.strategy, precision=params.precision, max_epochs=max_epochs,
-        limit_train_batches=int(limit) if limit > 1 else limit, log_every_n_steps=params.log_every_n_steps,
-        logger=logger, callbacks=[checkpoint, EpochMetricsFile(plots), StartStep(), *(extra_callbacks or [])],
+        **trainer_arguments(params, max_epochs), logger=logger,
+        callbacks=[checkpoint, EpochMetricsFile(plots), StartStep(), LearningRates(), *(extra_callbacks or [])],
         enable_progress_bar=True, enable_model_summary=False, default_root_dir=str(folder),
     )
 
@@ -149,29 +156,61 @@ def validate_before_fit(params: TrainerParams, module: L.LightningModule, data: 
     return {k.replace("/", "_"): round(float(v), 6) for k, v in results.items() if k.startswith("val/")}
 
 
-def fit_stage(
-    stage: str, experiment: str, section: dict[str, Any], module: L.LightningModule, data: L.LightningDataModule,
-    trainer_params: TrainerParams, epochs: int, folder: Path, reports: Path, monitor: str, name: str,
-    config: dict, extra: dict, random_mask_epochs: int = 0, inputs: dict[str, str] | None = None,
-    baseline: bool = False,
-) -> dict:
+@dataclass
+class StageFit:
+    """Everything a training stage fits, built from params by the stage's `build` (the params test
+    inspects these objects, so what it checks is what `fit_stage` runs)."""
+
+    stage: str
+    section: dict[str, Any]  # the params the stage reads: MLflow params, the checkpoint fingerprint
+    module: L.LightningModule
+    data: L.LightningDataModule
+    trainer: TrainerParams
+    epochs: int
+    folder: Path  # checkpoints and <name>.json
+    reports: Path
+    monitor: str  # validation metric that picks best.ckpt (higher is better)
+    name: str
+    config: dict  # the networks' configs, for <name>.json
+    extra: dict  # more for <name>.json (classes, image size, ...)
+    random_mask_epochs: int = 0
+    inputs: dict[str, str] | None = None  # name -> content hash of starting weights (fingerprint)
+    baseline: bool = False  # validate before fitting: the pretrained_val_* metrics
+
+    def trainer_arguments(self) -> dict[str, Any]:
+        return trainer_arguments(self.trainer, self.epochs)
+
+
+class LearningRates(Callback):
+    """Logs every optimizer's learning rate as `lr/<i>` (i in the module's optimizer order), at the
+    logger's `log_every_n_steps`: the schedule as applied, step by step, in MLflow. (Manual optimization
+    steps its schedulers itself, which Lightning's LearningRateMonitor does not follow.)"""
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        rates = {f"lr/{i}": opt.param_groups[0]["lr"] for i, opt in enumerate(trainer.optimizers)}
+        module.log_dict(rates, on_step=True, on_epoch=False, batch_size=1)  # the logger's own step cadence
+
+
+def fit_stage(fit: StageFit, experiment: str) -> dict:
     """The body of a training stage: resume or clear the checkpoints, track the run in MLflow, fit,
     validate when a finished run was resumed, and write `<name>.json` and the stage's metrics.
 
-    `inputs` (name -> content hash) joins the checkpoint fingerprint: other starting weights are another
-    experiment. With `baseline`, the module is validated before fitting and those metrics are written
-    beside the final ones as `pretrained_val_*` (and logged to MLflow as `pretrained/...`).
+    `fit.inputs` (name -> content hash) joins the checkpoint fingerprint: other starting weights are
+    another experiment. With `fit.baseline`, the module is validated before fitting and those metrics
+    are written beside the final ones as `pretrained_val_*` (and logged to MLflow as `pretrained/...`).
     """
-    fingerprint = {**section, stage: {**section[stage], "epochs": None}, "inputs": inputs or {}}
-    resume = prepare_checkpoints(folder, fingerprint)
+    stage, section, module, data = fit.stage, fit.section, fit.module, fit.data
+    fingerprint = {**section, stage: {**section[stage], "epochs": None}, "inputs": fit.inputs or {}}
+    resume = prepare_checkpoints(fit.folder, fingerprint)
     with tracked(experiment, stage, section) as (logger, run_id):
-        before = validate_before_fit(trainer_params, module, data) if baseline and run_id is not None else {}
+        before = validate_before_fit(fit.trainer, module, data) if fit.baseline and run_id is not None else {}
         if before:
             mlflow.log_metrics({f"pretrained/{k.removeprefix('val_')}": v for k, v in before.items()})
-        trainer = build_trainer(trainer_params, epochs, folder, monitor, "max", logger,
-                                reports / "plots" / f"{stage}.json", [EpochSetter(random_mask_epochs)])
+        trainer = build_trainer(fit.trainer, fit.epochs, fit.folder, fit.monitor, "max", logger,
+                                fit.reports / "plots" / f"{stage}.json", [EpochSetter(fit.random_mask_epochs)])
         trainer.fit(module, data, ckpt_path=resume)
         if not any(key.startswith("val/") for key in trainer.callback_metrics):  # resumed a finished run
             trainer.validate(module, data, verbose=False)
-        return finish(trainer, folder, name, config, params_hash(section), reports / f"{stage}.json",
-                      {**extra, "mlflow_run_id": run_id}, {f"pretrained_{k}": v for k, v in before.items()})
+        return finish(trainer, fit.folder, fit.name, fit.config, params_hash(section),
+                      fit.reports / f"{stage}.json", {**fit.extra, "mlflow_run_id": run_id},
+                      {f"pretrained_{k}": v for k, v in before.items()})

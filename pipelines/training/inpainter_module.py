@@ -33,6 +33,7 @@ from components.inpainting import InpaintingConfig, InpaintingDiscriminators, In
 from components.masks import to_gray
 from components.metrics import psnr, ssim
 from components.vgg import PERCEPTUAL_LAYERS, STYLE_LAYERS, load_vgg19
+from pipelines.params import FinetuneJointParams, InpainterLossWeights, NetworksParams, PretrainInpainterParams
 from pipelines.training.schedule import CosineToZero
 from pipelines.training.visuals import grid_image, log_grid
 
@@ -57,6 +58,25 @@ class OptimConfig:
     d_lr_ratio: float = 0.1
     betas: tuple[float, float] = (0.0, 0.9)
     schedule: Literal["constant", "cosine"] = "constant"  # cosine: every lr decays to 0 over the whole fit
+
+
+# ----------------------------------------------------------------------------- configs from params
+# Built by keyword in this one place (a positional build in each stage once dropped
+# pretrain_inpainter.schedule); tests/code/test_params_applied.py holds params and builds equal.
+
+
+def inpainting_config(networks: NetworksParams, num_classes: int) -> InpaintingConfig:
+    return InpaintingConfig(num_classes=num_classes, **networks.inpainter.model_dump())
+
+
+def loss_weights(losses: InpainterLossWeights) -> LossWeights:
+    return LossWeights(**losses.model_dump())
+
+
+def optim_config(section: PretrainInpainterParams | FinetuneJointParams) -> OptimConfig:
+    """The generators' and discriminators' Adam settings and the schedule of either inpainting stage."""
+    return OptimConfig(lr=section.lr, d_lr_ratio=section.d_lr_ratio, betas=tuple(section.betas),
+                       schedule=section.schedule)
 
 
 def telea_fill(image: torch.Tensor, mask: torch.Tensor, radius: int = 3) -> torch.Tensor:

@@ -23,6 +23,7 @@ M_G, its IoU with M_G, and how often an instance was found.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal, NamedTuple
 
@@ -32,8 +33,10 @@ from components import losses
 from components.inpainting import InpaintingConfig
 from components.metrics import area_ratio, coverage, mask_iou, psnr, ssim
 from components.segmenter import Segmenter, SegmenterConfig
-from components.selection import evaluation_mask, training_mask
+from components.selection import contact_probability, evaluation_mask, training_mask
+from pipelines.params import FinetuneJointParams
 from pipelines.training.inpainter_module import InpainterModule, LossWeights, OptimConfig
+from pipelines.training.segmenter_module import segmenter_terms
 from pipelines.training.visuals import grid_image, log_grid
 
 
@@ -47,6 +50,21 @@ class JointConfig:
     mel_alpha: float = 0.03
     mel_weight: float = 1000.0  # lambda_X
     mel_reduction: Literal["mean", "sum"] = "mean"
+    contact_weight: float = 1.0  # the contact head's BCE in L_PS (when the segmenter has the head)
+
+
+# ----------------------------------------------------------------------------- configs from params
+# Built by keyword in this one place (a positional build in each stage once dropped
+# pretrain_inpainter.schedule); tests/code/test_params_applied.py holds params and builds equal.
+
+
+def joint_config(section: FinetuneJointParams, target_classes: Sequence[int]) -> JointConfig:
+    """With MEL off (the ablation) the MEL settings are not part of the model: the config keeps its defaults."""
+    mel = section.mel
+    settings = {"mel_alpha": mel.alpha, "mel_weight": mel.weight, "mel_reduction": mel.reduction} if mel.enabled else {}
+    return JointConfig(target_classes=tuple(target_classes), segmenter_lr=section.segmenter_lr,
+                       segmentation_weight=section.segmentation_weight, margin=section.selection_margin,
+                       mel_enabled=mel.enabled, contact_weight=section.contact_weight, **settings)
 
 
 class JointPass(NamedTuple):
@@ -80,14 +98,15 @@ class JointModule(InpainterModule):
         """Steps 1-3 of the joint step, and the segmenter's own terms (L_PS, the unweighted L_X)."""
         j = self.joint
         # 1. segment
-        logits = self.segmenter(batch["image"])  # (B, K, H, W)
+        logits, contact = self.segmenter.segment(batch["image"])  # (B, K, H, W), (B, 1, H, W) or None
         # 2. select the mask: binary forward, straight-through to m_hat
-        mask, m_hat, found = training_mask(logits, j.target_classes, batch["mask"], j.margin)
+        mask, m_hat, found = training_mask(logits, j.target_classes, batch["mask"], j.margin, contact)
         # 3. inpaint with it
         fake = self._generate(batch, mask=mask, seg_in=logits.softmax(dim=1))
         loss_x = (losses.mask_expansion_loss(batch["sdf"], m_hat, j.mel_alpha, j.mel_reduction)
                   if j.mel_enabled else torch.zeros((), device=logits.device))
-        return JointPass(mask, found, fake, losses.segmentation_loss(logits, batch["seg"]), loss_x)
+        loss_ps = segmenter_terms(logits, contact, batch, j.contact_weight)[0]
+        return JointPass(mask, found, fake, loss_ps, loss_x)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         g_edge, d_edge, g_seg, d_seg, g_image, d_image, opt_segmenter = self.optimizers()
@@ -120,8 +139,8 @@ class JointModule(InpainterModule):
     # ----------------------------------------------------------------------------- validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         j, target, true_mask = self.joint, batch["background"], batch["mask"]
-        logits = self.segmenter(batch["image"])
-        mask = evaluation_mask(logits, j.target_classes, true_mask)
+        logits, contact = self.segmenter.segment(batch["image"])
+        mask = evaluation_mask(logits, j.target_classes, true_mask, contact_probability(contact))
         fake = self._generate(batch, mask=mask, seg_in=logits.softmax(dim=1))
         metrics = {
             "val/psnr": psnr(fake["composite"], target).mean(),
@@ -131,10 +150,10 @@ class JointModule(InpainterModule):
             "val/mask_ratio": area_ratio(mask, true_mask).nanmean(),
             "val/mask_iou": mask_iou(mask, true_mask).mean(),
             "val/found": (mask.flatten(1).amax(1) > 0).float().mean(),
-            "val/loss_ps": losses.segmentation_loss(logits, batch["seg"]),
+            "val/loss_ps": segmenter_terms(logits, contact, batch, j.contact_weight)[0],
         }
         if "sdf" in batch:
-            m_hat = training_mask(logits, j.target_classes, true_mask, j.margin)[1]
+            m_hat = training_mask(logits, j.target_classes, true_mask, j.margin, contact)[1]
             metrics["val/mel"] = losses.mask_expansion_loss(batch["sdf"], m_hat, j.mel_alpha, j.mel_reduction)
         self.log_dict(metrics, on_epoch=True, batch_size=len(mask), sync_dist=True)
         if batch_idx == 0:

@@ -1,8 +1,10 @@
 """Lightning step logic for pretraining the segmenter: L_PS, metrics, a sample grid per validation.
 
-Validation reports the pixel accuracy, the IoU of the target classes' pixels, and the quantity the
-method cares about: the IoU with `M_G` of the predicted target-class instance that overlaps `M_G`
-most (the selection rule of end-to-end training).
+L_PS is the per-pixel cross entropy plus, when the segmenter has a contact head, `contact_weight` x the
+head's binary cross entropy on the contact band (components.instances). Validation reports the pixel
+accuracy, the IoU of the target classes' pixels, and the quantity the method cares about: the IoU with
+`M_G` of the predicted target-class instance that overlaps `M_G` most (the selection rule of end-to-end
+training), instances cut along the contact band.
 """
 
 from __future__ import annotations
@@ -13,20 +15,43 @@ from typing import Literal
 import lightning as L
 import torch
 
-from components.losses import segmentation_loss
+from components.losses import contact_loss, segmentation_loss
 from components.metrics import mask_iou
 from components.segmenter import Segmenter, SegmenterConfig
-from components.selection import evaluation_mask
+from components.selection import contact_probability, evaluation_mask
+from pipelines.params import NetworksParams
 from pipelines.training.schedule import CosineToZero
 from pipelines.training.visuals import colorize, grid_image, log_grid
+
+# ----------------------------------------------------------------------------- configs from params
+# Built by keyword in this one place (a positional build in each stage once dropped
+# pretrain_inpainter.schedule); tests/code/test_params_applied.py holds params and builds equal.
+
+
+def segmenter_config(networks: NetworksParams, num_classes: int) -> SegmenterConfig:
+    return SegmenterConfig(num_classes=num_classes, **networks.segmenter.model_dump())
+
+
+CONTACT_POS_WEIGHT = 2.0  # band pixels are ~1/5 of the supervised window around M_G
+
+
+def segmenter_terms(logits: torch.Tensor, contact: torch.Tensor | None, batch: dict, contact_weight: float
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L_PS = cross entropy (+ contact_weight x the contact head's BCE) and its parts, for logging."""
+    ce = segmentation_loss(logits, batch["seg"])
+    if contact is None:
+        return ce, {"ce": ce.detach()}
+    band = contact_loss(contact, batch["contact"], batch["contact_weight"], CONTACT_POS_WEIGHT)
+    return ce + contact_weight * band, {"ce": ce.detach(), "contact": band.detach()}
 
 
 class SegmenterModule(L.LightningModule):
     def __init__(self, config: SegmenterConfig, target_classes: list[int], lr: float, weight_decay: float,
-                 schedule: Literal["constant", "cosine"] = "constant"):
+                 schedule: Literal["constant", "cosine"] = "constant", contact_weight: float = 1.0):
         super().__init__()
         self.save_hyperparameters({"config": asdict(config), "target_classes": target_classes, "lr": lr,
-                                   "weight_decay": weight_decay, "schedule": schedule})
+                                   "weight_decay": weight_decay, "schedule": schedule,
+                                   "contact_weight": contact_weight})
         self.net = Segmenter(config)
         self.target_classes = target_classes
         self._sample: dict | None = None
@@ -35,21 +60,21 @@ class SegmenterModule(L.LightningModule):
         return self.net(image)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits = self.net(batch["image"])
-        loss = segmentation_loss(logits, batch["seg"])
+        logits, contact = self.net.segment(batch["image"])
+        loss, logs = segmenter_terms(logits, contact, batch, self.hparams["contact_weight"])
         accuracy = (logits.argmax(1) == batch["seg"]).float().mean()
-        self.log_dict({"train/loss": loss, "train/pixel_acc": accuracy}, on_step=True, on_epoch=True,
-                      batch_size=len(logits), sync_dist=True)
+        self.log_dict({"train/loss": loss, "train/pixel_acc": accuracy, **{f"train/{k}": v for k, v in logs.items()}},
+                      on_step=True, on_epoch=True, batch_size=len(logits), sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self.net(batch["image"])
+        logits, contact = self.net.segment(batch["image"])
         labels = logits.argmax(1)
         target = torch.isin(batch["seg"], torch.tensor(self.target_classes, device=labels.device))
         predicted = torch.isin(labels, torch.tensor(self.target_classes, device=labels.device))
-        selected = evaluation_mask(logits, self.target_classes, batch["mask"])
+        selected = evaluation_mask(logits, self.target_classes, batch["mask"], contact_probability(contact))
         metrics = {
-            "val/loss": segmentation_loss(logits, batch["seg"]),
+            "val/loss": segmenter_terms(logits, contact, batch, self.hparams["contact_weight"])[0],
             "val/pixel_acc": (labels == batch["seg"]).float().mean(),
             "val/target_iou": mask_iou(predicted[:, None].float(), target[:, None].float()).mean(),
             "val/mask_iou": mask_iou(selected, batch["mask"]).mean(),

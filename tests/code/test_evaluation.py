@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from components.metrics import area_ratio, leftover
+from components.metrics import area_ratio, clean_removal, leftover_share, visible_change
 from components.perceptual_metrics import LPIPS, frechet_distance, inception_features, load_inception, load_lpips
 from pipelines.evaluation import flat_metrics, markdown_report, morph, plot_rows, summarize
 
@@ -29,9 +29,30 @@ def test_over_expansion_and_leftover():
     pred[0, :, 1:7, 1:7] = 1  # covers it, 36 pixels
     pred[1, :, 2:6, 2:5] = 1  # misses a column of 4 object pixels
     assert area_ratio(pred, target).tolist() == pytest.approx([36 / 16, 12 / 16])
-    assert leftover(pred, target).tolist() == [False, True]
-    assert leftover(pred, target, min_pixels=5).tolist() == [False, False]
+    share = leftover_share(pred, target > 0.5)
+    assert share.tolist() == pytest.approx([0.0, 4 / 16])
+    assert clean_removal(share, 0.25).tolist() == [1.0, 1.0]
+    assert clean_removal(share, 0.2).tolist() == [1.0, 0.0]
+    assert torch.isnan(leftover_share(pred, torch.zeros_like(target, dtype=torch.bool))).all()
     assert torch.isnan(area_ratio(pred, torch.zeros_like(target))).all()
+
+
+def test_leftover_counts_only_visible_object_pixels():
+    """A feathered edge one grey level off the background is not a leftover; a visible limb is. The true
+    mask less its faintest pixel is still a clean removal, an eroded one is not."""
+    background = torch.full((1, 3, 16, 16), 0.5)
+    image = background.clone()
+    image[..., 4:12, 4:12] = 0.9  # the object: 64 pixels, clearly visible
+    image[..., 3, 4:12] = 0.5 + 1 / 255  # a feathered edge row: 8 pixels changed by one grey level
+    true_mask = ((image - background).abs().amax(1, keepdim=True) > 0).float()  # M_G: every changed pixel
+    visible = visible_change(image, background, 8 / 255)
+    assert int(visible.sum()) == 64
+    less_faintest = true_mask.clone()
+    less_faintest[..., 3, 4] = 0
+    eroded = morph(true_mask, -1)
+    shares = leftover_share(torch.cat([true_mask, less_faintest, eroded]), visible.expand(3, -1, -1, -1))
+    assert shares[0] == 0 and shares[1] == 0 and shares[2] > 0.2
+    assert clean_removal(shares, 0.02).tolist() == [1.0, 1.0, 0.0]
 
 
 def test_morph_dilates_and_erodes():
@@ -86,23 +107,27 @@ def test_lpips_from_local_files(tmp_path):
 
 def test_summary_plots_and_report():
     rows = [{"method": m, "pair": i, "bucket": b, "psnr": p, "ssim": 0.5, "psnr_mask": float("inf") if i == 0 else p,
-             "iou": 0.5, "coverage": 1.0, "over_expansion": 1.0, "leftover": float(i % 2)}
+             "iou": 0.5, "coverage": 1.0, "over_expansion": 1.0, "leftover_share": 0.1 * (i % 2),
+             "clean": float(i % 2 == 0)}
             for m, base in (("joint_mel", 30.0), ("pretrained", 25.0))
             for i, (b, p) in enumerate([("0-10", base), ("0-10", base + 2), ("10-20", base - 1)])]
-    table = summarize(rows, ("psnr", "psnr_mask", "leftover"), "method", ["0-10", "10-20"])
-    assert table["joint_mel"]["0-10"] == {"psnr": 31.0, "psnr_mask": 32.0, "leftover": 0.5, "n": 2}
+    table = summarize(rows, ("psnr", "psnr_mask", "clean"), "method", ["0-10", "10-20"])
+    assert table["joint_mel"]["0-10"] == {"psnr": 31.0, "psnr_mask": 32.0, "clean": 0.5, "n": 2}
     assert table["pretrained"]["all"]["psnr"] == pytest.approx(np.mean([25, 27, 24]), abs=1e-4)
-    metrics = {"split": "test", "pairs": 3, "image_size": 64, "buckets": ["0-10", "10-20"],
+    metrics = {"split": "test", "pairs": 3, "image_size": 64, "buckets": ["0-10", "10-20"], "visible_threshold": 8,
+               "clean_share": 0.02,
                "methods": summarize(rows, ("psnr", "ssim", "psnr_mask", "iou", "coverage", "over_expansion",
-                                           "leftover"), "method", ["0-10", "10-20"]),
+                                           "leftover_share", "clean"), "method", ["0-10", "10-20"]),
                "table1": {"-2": {"0-10": {"psnr": 20.0, "ssim": 0.7, "n": 2}, "all": {"psnr": 21.0, "ssim": 0.7}}},
                "perceptual": {"lpips": "skipped: no files", "fid": "skipped: no file"}, "fid": None,
                "table2": "skipped: no random-mask model"}
-    by_bucket, table1 = plot_rows(metrics)
+    by_bucket, clean, table1 = plot_rows(metrics)
     assert by_bucket[0] == {"mask_ratio_pct": 5.0, "joint_mel": 31.0, "pretrained": 26.0}
+    assert clean[0] == {"mask_ratio_pct": 5.0, "joint_mel": 0.5, "pretrained": 0.5}
     assert table1 == [{"offset_px": -2, "psnr_0-10": 20.0, "psnr_all": 21.0}]
     report = markdown_report(metrics, "samples.png")
     assert "| joint_mel | 31.00 | 29.00 | 30.33 |" in report and "lpips: skipped: no files" in report
     assert "![samples](samples.png)" in report
+    assert "Clean-removal rate (leftover share <= 0.02)" in report and "| joint_mel | 0.50 | 1.00 | 0.67 |" in report
     flat = flat_metrics({"methods": metrics["methods"]})
     assert flat["methods/joint_mel/0-10/psnr"] == 31.0 and all(isinstance(v, float) for v in flat.values())

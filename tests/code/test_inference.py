@@ -33,7 +33,17 @@ RED, BLUE = (230, 20, 20), (20, 20, 230)
 
 
 class PaintedBackend:
+    """Person = red, car = blue; green pixels are a person on the contact band (the contact head's output)."""
+
     name = "painted"
+
+    def segment(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        r, g, b = image[:, 0], image[:, 1], image[:, 2]
+        band = (g > 0.6) & (r < 0.4) & (b < 0.4)
+        probabilities = self.probabilities(image)
+        probabilities[:, 1] = np.maximum(probabilities[:, 1], band)
+        probabilities[:, 0] = np.where(band, 0, probabilities[:, 0])
+        return probabilities, band[:, None].astype(np.float32)
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         r, g, b = image[:, 0], image[:, 1], image[:, 2]
@@ -224,3 +234,22 @@ def test_at_the_working_resolution_the_result_is_the_networks_own_composite(expo
         reference = nets.inpainters(tensor, edges, probabilities, hole).composite
     expected = (reference[0].permute(1, 2, 0).numpy() * 255).round().astype(int)
     assert np.abs(result.image.astype(int) - expected).max() <= 1
+
+
+def test_a_click_on_one_of_two_touching_people_selects_that_one():
+    """Two people side by side are one red component; the contact band between them (green here, the contact
+    head's output) splits it, so a click on the left one removes it alone, band pixels shared at the middle."""
+    image = np.random.default_rng(3).integers(90, 160, (240, 320, 3)).astype(np.uint8)
+    cv2.rectangle(image, (100, 60), (159, 200), RED, -1)
+    cv2.rectangle(image, (160, 60), (219, 200), RED, -1)
+    cv2.rectangle(image, (150, 60), (169, 200), (20, 230, 20), -1)  # the band where they touch
+    left = np.zeros((240, 320), bool)
+    left[60:201, 100:160] = True
+    right = np.zeros((240, 320), bool)
+    right[60:201, 160:220] = True
+    result = painted(InferenceConfig(refine=False)).remove(image, Target(points=((120, 130),)))
+    iou = (result.mask & left).sum() / (result.mask | left).sum()
+    assert iou > 0.9 and (result.mask & right).sum() < 0.1 * right.sum()
+    both = painted(InferenceConfig(refine=False)).remove(image, Target(box=(90, 50, 230, 210)))
+    assert (both.mask & (left | right)).sum() >= 0.95 * (left | right).sum()
+    assert len(painted().segment(image)) == 2

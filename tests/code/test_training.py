@@ -224,7 +224,8 @@ def test_evaluate_stage_writes_every_report(trained, mlflow_store):
     assert set(metrics["methods"]) == {"joint_mel", "joint_no_mel", "pretrained", "pretrained_dilate", "telea",
                                        "navier_stokes", "oracle"}
     oracle = metrics["methods"]["oracle"]["all"]
-    assert oracle["coverage"] == 1.0 and oracle["leftover"] == 0.0 and oracle["over_expansion"] == 1.0
+    assert oracle["coverage"] == 1.0 and oracle["over_expansion"] == 1.0
+    assert oracle["leftover_share"] == 0.0 and oracle["clean"] == 1.0
     assert oracle["iou"] == 1.0 and oracle["n"] == metrics["pairs"] == 4
     pretrained, dilated = metrics["methods"]["pretrained"]["all"], metrics["methods"]["pretrained_dilate"]["all"]
     if pretrained["over_expansion"] is not None and pretrained["over_expansion"] > 0:

@@ -40,7 +40,7 @@ def _train_small_model(tmp: Path) -> Path:
     raw["scenes"].update(num_images=1500, size=96, min_things=0, max_things=1, person_prob=1.0, occlusion_prob=0.0,
                          crowd_prob=0.0)
     raw["synthesize"].update(image_size=96, pairs={"train": 1200, "val": 40, "test": 8}, min_object_area=100)
-    raw["networks"] = {"image_size": 48, "segmenter": {"width": 16, "depth": 3},
+    raw["networks"] = {"image_size": 48, "segmenter": {"width": 16, "depth": 3, "contact_band": 1},
                        "inpainter": {"width": 8, "residual_blocks": 2, "dilation": 2, "discriminator_width": 8,
                                      "hole_fill": "smooth", "image_head": "residual01"}}
     raw["trainer"].update(num_workers=0)
