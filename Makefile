@@ -1,6 +1,7 @@
 # Two commands set up a fresh machine and do the work:
 #   make run    virtual environment + locked install, then the retraining flow on the built-in data: every DVC
 #               stage, the MLflow registry (champion/challenger), the champion's Bento
+#   make serve  the champion's Bento on http://127.0.0.1:3000 (HOST=..., PORT=...)
 #   make test   virtual environment + locked install, then the test suite
 # `make lock` re-resolves requirements.lock from pyproject.toml (needs uv; seconds).
 
@@ -21,7 +22,12 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 # Headless Chromium for the web page test: Debian's package, installed when missing and apt-get can (root).
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install browser run test ui lock lint clean-venv
+# `make serve`: the champion's Bento, named in the file `make run` writes
+CHAMPION_FILE ?= models/champion/champion.json
+HOST ?= 127.0.0.1
+PORT ?= 3000
+
+.PHONY: install browser run serve test ui lock lint clean-venv
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +46,12 @@ browser:
 run: install
 	$(BIN)/python -m pipelines.retrain
 	$(BIN)/dvc status
+
+# The current champion's Bento (a pinned model version; /info names it) on http://$(HOST):$(PORT)
+serve:
+	@test -f $(CHAMPION_FILE) || { echo "no champion yet ($(CHAMPION_FILE) is missing): run make run first" >&2; exit 1; }
+	$(BIN)/bentoml serve "$$($(BIN)/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["bento"])' \
+		$(CHAMPION_FILE))" --host $(HOST) --port $(PORT)
 
 test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -16,7 +16,6 @@ version) and `champion` (the one to serve). Every step is safe to repeat after a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -27,6 +26,8 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+
+from serving.store import fingerprint  # the export's identity, also its BentoML model's version
 
 log = logging.getLogger(__name__)
 FILES = ("segmenter.onnx", "inpainter.onnx", "model.json")
@@ -42,15 +43,6 @@ class Decision:
     challenger_value: float
     champion_value: float | None  # the previous champion's, None if there was none
     reason: str
-
-
-def fingerprint(onnx_dir: Path) -> str:
-    """SHA-256 of the two graphs and the training's params hash (model.json): what makes a model itself."""
-    digest = hashlib.sha256()
-    for name in ("segmenter.onnx", "inpainter.onnx"):
-        digest.update((onnx_dir / name).read_bytes())
-    digest.update(str(json.loads((onnx_dir / "model.json").read_text()).get("params_hash")).encode())
-    return digest.hexdigest()[:32]
 
 
 def metric_value(metrics: dict, key: str) -> float:

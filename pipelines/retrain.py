@@ -7,8 +7,10 @@ The retraining flow (Prefect 3). One task per DVC stage, in the graph's order (`
                version of `registry.model_name`, alias `challenger` (pipelines/registry.py)
     promote    the challenger becomes `champion` if there is none or if it beats the champion's
                `registry.metric` by more than `registry.margin`
-    bento      the champion's files from the registry into the BentoML model store and `bentoml build`;
-               its tag in models/champion/champion.json
+    bento      the champion's Bento: built once per champion from the registry's files, pinning its model
+               (`object-removal:<fingerprint>`) by tag, and moved whole into the BentoML store; the only
+               thing this flow puts there (stage `package` builds its Bento file in a private store). Its tag
+               in models/champion/champion.json, which `make serve` serves
 
 The DVC stages get no retries (they are deterministic: a failure repeats); the registry and Bento tasks,
 which talk to an MLflow server or the file system, retry twice. A failed stage fails the flow before the
@@ -113,28 +115,35 @@ def promote(uri: str, name: str, greater_is_better: bool, margin: float) -> regi
 
 @task(retries=2, retry_delay_seconds=5, task_run_name="build_champion_bento")
 def build_champion_bento(uri: str, name: str, bentofile: str, out_file: str) -> dict:
-    """The champion's Bento: reused when the newest Bento already packs this champion, else built."""
-    import bentoml
-
-    from serving.store import build_bento
+    """The champion's Bento in the BentoML store: the one already built for this champion (labels: registry
+    version and fingerprint), else built now from the registry's files in a staging store and moved into the
+    store whole (serving/store.py). The Bento pins the model `object-removal:<fingerprint>` by tag."""
+    from serving import store
 
     client = MlflowClient(uri)
     champion = registry.by_alias(client, name, registry.CHAMPION)
     if champion is None:
         raise RuntimeError(f"{name} has no champion to package")
-    labels = {"mlflow_model": name, "mlflow_version": str(champion.version),
-              "fingerprint": champion.tags.get("fingerprint", "")}
-    bentos = sorted(bentoml.bentos.list("object-removal"), key=lambda b: b.info.creation_time)
-    if bentos and all(bentos[-1].info.labels.get(k) == v for k, v in labels.items()):
-        bento = bentos[-1]
-        model_tag = bento.info.labels.get("model")
+    version, identity = str(champion.version), champion.tags["fingerprint"]
+    labels = {"mlflow_model": name, "mlflow_version": version, "fingerprint": identity}
+    root = store.home()
+    store.clean(root)  # what a killed import left
+    built = [b for b in store.bentos(root) if all(b["labels"].get(k) == v for k, v in labels.items())]
+    if built:  # one Bento per champion
+        bento_tag, model_tag = built[-1]["tag"], built[-1]["labels"]["model"]
     else:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, store.staging(root) as stage:
             _, folder = registry.download_champion(client, name, Path(tmp))
-            bento, model_tag = build_bento(folder, bentofile, labels=labels)
-    info = {"bento": str(bento.tag), "model": str(model_tag), "mlflow_model": name,
-            "mlflow_version": str(champion.version), "metric": champion.tags.get("metric"),
-            "metric_value": float(champion.tags.get("metric_value", "nan")), "serve": f"bentoml serve {bento.tag}"}
+            made = store.in_store(stage, ["build", str(folder), bentofile, "--version", identity,
+                                          "--labels", json.dumps(labels),
+                                          "--args", json.dumps({"mlflow_model": name, "mlflow_version": version})])
+            store.publish(stage, root)
+        bento_tag, model_tag = made["bento"], made["model"]
+    client.set_model_version_tag(name, version, "bento", bento_tag)
+    client.set_model_version_tag(name, version, "bentoml_model", model_tag)
+    info = {"bento": bento_tag, "model": model_tag, "fingerprint": identity, "mlflow_model": name,
+            "mlflow_version": version, "metric": champion.tags.get("metric"),
+            "metric_value": float(champion.tags.get("metric_value", "nan")), "serve": f"bentoml serve {bento_tag}"}
     Path(out_file).parent.mkdir(parents=True, exist_ok=True)
     Path(out_file).write_text(json.dumps(info, indent=2) + "\n")
     return info
@@ -178,7 +187,7 @@ def next_steps(summary: dict, metric: str, bento: dict) -> str:
         f"Bento {bento['bento']}.",
         "Next:",
         f"  mlflow ui --backend-store-uri {store} --port 5000     # runs, metrics, models: http://127.0.0.1:5000",
-        f"  bentoml serve {bento['bento']}     # the champion on http://127.0.0.1:3000",
+        f"  make serve     # the champion's Bento ({bento['bento']}) on http://127.0.0.1:3000",
         "  open http://127.0.0.1:3000/        # the web page: upload a photo, click an object, Remove",
     ])
 

@@ -1,9 +1,12 @@
-"""bentoml serve serving.service:ObjectRemoval --host 127.0.0.1 --port 3000
+"""bentoml serve serving.service:ObjectRemoval --host 127.0.0.1 --port 3000 [--arg model=object-removal:<version>]
 
 Object removal over HTTP, on the same inference code as evaluation and the batch CLI
 (`pipelines.predict.load_remover`); this module only parses requests and formats answers.
 
 Design:
+- The model is one pinned version, never "latest": the Bento argument `model` (`object-removal:<version>`,
+  set by `serving.store build`, which makes every Bento) names it; `/info` reports it, its fingerprint,
+  the Bento's tag and the MLflow registry version the Bento was built for.
 - Every route lives in one FastAPI app mounted with `@bentoml.asgi_app`: the checks need the raw body
   before anything decodes it, and with no `@bentoml.api` method nothing here accepts BentoML's pickle
   content type. BentoML keeps what it is good at: the model store (`BentoModel`), workers, traffic
@@ -182,10 +185,41 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+class BentoArgs(BaseModel):
+    """The Bento's arguments (`bentoml build --arg`, fixed into the Bento; `bentoml serve --arg` from source):
+    which model version it serves, and the registry version that version is (written by the flow's build)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model: str | None = None  # "object-removal:<version>": every Bento that serving.store builds pins one
+    mlflow_model: str | None = None
+    mlflow_version: str | None = None
+
+
+def pinned_model(args: BentoArgs) -> str:
+    """The model tag to serve: `args.model` with its version, never "latest". Serving from source without
+    `--arg model=...` is allowed only when the store holds exactly one version of the model."""
+    if args.model is not None:
+        tag = bentoml.Tag.from_taglike(args.model)
+        if tag.version in (None, "latest"):
+            raise ValueError(f"Bento argument model={args.model!r} must name a version ({MODEL_NAME}:<version>)")
+        return str(tag)
+    try:
+        versions = sorted(str(m.tag) for m in bentoml.models.list(MODEL_NAME))
+    except bentoml.exceptions.NotFound:
+        versions = []
+    if len(versions) != 1:
+        raise ValueError(f"{len(versions)} versions of {MODEL_NAME} in the store ({', '.join(versions) or 'none'}): "
+                         f"say which to serve with --arg model={MODEL_NAME}:<version>")
+    return versions[0]
+
+
+ARGS = bentoml.use_arguments(BentoArgs)  # BentoML sets them before it imports this module
+
+
 @bentoml.service(traffic={"timeout": 300, "max_concurrency": 16}, workers=1)
 @bentoml.asgi_app(app, path="/")
 class ObjectRemoval:
-    model = bentoml.models.BentoModel(MODEL_NAME)
+    model = bentoml.models.BentoModel(pinned_model(ARGS))
 
     def __init__(self) -> None:
         self.settings = Settings.from_env()
@@ -228,8 +262,10 @@ class ObjectRemoval:
                 "image_size": self.remover.image_size,
                 "limits": {"max_pixels": self.settings.max_pixels, "max_body_bytes": self.settings.max_body_bytes,
                            "max_expand": self.settings.max_expand},
-                "model": {"tag": str(self.model.tag),
-                          **{k: meta[k] for k in ("params_hash", "git_revision", "metrics", "parity") if k in meta}}}
+                "model": {"tag": str(self.model.tag), "fingerprint": self.model.info.labels.get("fingerprint"),
+                          **{k: meta[k] for k in ("params_hash", "git_revision", "metrics", "parity") if k in meta}},
+                "bento": str(bento.tag) if (bento := getattr(ObjectRemoval, "bento", None)) is not None else None,
+                "registry": {"model": ARGS.mlflow_model, "version": ARGS.mlflow_version}}
 
     @app.post("/remove")
     async def remove(self, request: Request) -> Response:

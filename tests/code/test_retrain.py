@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 
 from pipelines import registry
 from pipelines.retrain import retrain, stage_order
+from serving import store as bento_store
 from tests.conftest import tiny_repo
 
 pytestmark = pytest.mark.slow
@@ -102,9 +103,15 @@ def test_the_flow_runs_every_stage_in_order_then_registers_promotes_and_packages
 
     info = json.loads((repo / "models" / "champion" / "champion.json").read_text())
     assert info["mlflow_version"] == "1" and info["bento"] == summary["bento"]
-    import bentoml
-
-    assert bentoml.bentos.get(info["bento"]).info.labels["mlflow_version"] == "1"
+    assert info["model"] == f"{NAME}:{champion.tags['fingerprint']}" == f"{NAME}:{info['fingerprint']}"
+    # the BentoML store holds the champion's Bento and model only: stage package built its file privately
+    home = repo.parent / "bentoml"
+    [bento] = bento_store.bentos(home)
+    assert bento["tag"] == info["bento"] and bento["models"] == [info["model"]]
+    assert bento_store.models(home) == [info["model"]]
+    assert bento["labels"]["mlflow_version"] == "1" and bento["args"]["model"] == info["model"]
+    packaged = json.loads((repo / "models" / "bento" / "bento.json").read_text())
+    assert packaged["fingerprint"] == info["fingerprint"] and packaged["model"] == info["model"]
 
 
 def test_a_rerun_with_nothing_changed_registers_nothing_new(repo, first_run):
