@@ -10,6 +10,8 @@ version) and `champion` (the one to serve). Every step is safe to repeat after a
   and completed, or deleted if its files are missing. A version is marked complete only after its
   files (segmenter.onnx, inpainter.onnx, model.json) are confirmed in the artifact store, and only a
   complete version is ever given an alias, so the champion never points at a missing artifact.
+- The `register` run carries `host` and `pid` (pipelines.tracking): if its process dies, the next
+  registration (or the flow's next start) marks it KILLED instead of leaving it RUNNING.
 - `promote` reads the metric from the versions' own tags (written at registration), so a re-run
   decides the same way; the decision is recorded as tags on the challenger.
 """
@@ -27,6 +29,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from pipelines.tracking import kill_orphaned_runs, owner_tags
 from serving.store import fingerprint  # the export's identity, also its BentoML model's version
 
 log = logging.getLogger(__name__)
@@ -97,9 +100,10 @@ def register(client: MlflowClient, name: str, experiment_id: str, onnx_dir: Path
             log.warning("version %s of %s has no files; deleting it", found.version, name)
             client.delete_model_version(name, found.version)
     if version is None:
+        kill_orphaned_runs(client, experiment_id, "register")  # a register run whose process died: KILLED
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{time.strftime('%Y%m%d-%H%M%S')}",
                               parent_run_id=parent_run_id, nested=mlflow.active_run() is not None,
-                              tags={"stage": "register", **tags}) as run:
+                              tags={"stage": "register", **tags, **owner_tags()}) as run:
             mlflow.log_artifacts(str(onnx_dir), ARTIFACT_PATH)
             mlflow.log_artifact(str(metrics_file), "evaluation")
             mlflow.log_metric(metric.replace("/", "_"), value)

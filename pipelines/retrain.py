@@ -45,7 +45,7 @@ from prefect import flow, get_run_logger, task
 from pipelines import registry
 from pipelines.common import git_revision
 from pipelines.params import load_params
-from pipelines.tracking import PIPELINE_RUN_ENV, start_stage_run, tracking_uri
+from pipelines.tracking import PIPELINE_RUN_ENV, kill_orphaned_runs, start_stage_run, tracking_uri
 
 EXPERIMENT = "object-removal"  # the stages' experiment
 CHAMPION_FILE = Path("models/champion/champion.json")
@@ -159,6 +159,8 @@ def retrain(repo: str = ".", params_file: str = "params.yaml") -> dict:
     stages = stage_order(root)
     section = {"stages": stages, "registry": params.registry.model_dump(mode="json")}
     run_name = f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}"
+    if (experiment := MlflowClient(uri).get_experiment_by_name(EXPERIMENT)) is not None:
+        kill_orphaned_runs(MlflowClient(uri), experiment.experiment_id, None)  # any run whose process died
     with start_stage_run(EXPERIMENT, "pipeline", section, run_name=run_name) as parent:
         env = {"MLFLOW_TRACKING_URI": uri, PIPELINE_RUN_ENV: parent.run_id, "NO_ALBUMENTATIONS_UPDATE": "1"}
         outcome = {stage: repro(stage, str(root), env) for stage in stages}

@@ -8,8 +8,9 @@
   KILLED on SIGTERM or Ctrl-C. SIGTERM is turned into a `StageTerminated` exception (a `SystemExit`,
   code 143) raised in the main thread, so the run is ended by ordinary unwinding rather than by MLflow
   calls made inside a signal handler, which could re-enter a SQLite transaction that is half done.
-- A process killed outright (SIGKILL, power loss) cannot end its run. Each run records `host` and `pid`,
-  and the next run of the same stage marks such orphans KILLED. A pid counts as alive only if its
+- A process killed outright (SIGKILL, power loss) cannot end its run. Each run records `host` and `pid`
+  (`owner_tags`; the registry's `register` run too), and the next run of the same stage, or the next start
+  of the retraining flow for every stage, marks such orphans KILLED. A pid counts as alive only if its
   process was created before the run started, so a recycled pid does not keep an orphan RUNNING.
 - Lightning's `MLFlowLogger.finalize` marks the run FINISHED when `Trainer.fit` returns (and FAILED on
   an error) although the stage may still be working; `lightning_logger` returns a subclass whose
@@ -147,8 +148,15 @@ def start_stage_run(
         _end_run(client, run.run_id, RunStatus.to_string(status))
 
 
-def kill_orphaned_runs(client: MlflowClient, experiment_id: str, stage: str) -> list[str]:
-    """Mark KILLED the RUNNING runs of `stage` whose process, on this host, is gone. Returns their ids."""
+def owner_tags() -> dict[str, str]:
+    """`host` and `pid` of this process: every run opened here carries them, so that `kill_orphaned_runs`
+    can tell later whether the process that owns the run is gone."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
+def kill_orphaned_runs(client: MlflowClient, experiment_id: str, stage: str | None) -> list[str]:
+    """Mark KILLED the RUNNING runs of `stage` (None: of any stage) whose process, on this host, is gone.
+    Returns their ids."""
     host = socket.gethostname()
     killed = []
     page_token = None
@@ -157,7 +165,7 @@ def kill_orphaned_runs(client: MlflowClient, experiment_id: str, stage: str) -> 
                                   page_token=page_token)
         for run in page:
             run_tags = run.data.tags
-            if run_tags.get("stage") != stage or run_tags.get("host") != host:
+            if (stage is not None and run_tags.get("stage") != stage) or run_tags.get("host") != host:
                 continue
             pid = run_tags.get("pid", "")
             if pid.isdigit() and not _process_alive(int(pid), run.info.start_time):
@@ -246,8 +254,7 @@ def _provenance_tags(stage: str, params: Mapping[str, Any]) -> dict[str, str]:
         "stage": stage,
         "git_revision": git_revision() or "unknown",
         "git_dirty": _git_dirty(),
-        "host": socket.gethostname(),
-        "pid": str(os.getpid()),
+        **owner_tags(),
         "params_hash": params_hash(params),
     }
 
