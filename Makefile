@@ -27,7 +27,7 @@ CHAMPION_FILE ?= models/champion/champion.json
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: install browser run serve test ui lock lint clean-venv
+.PHONY: install browser run serve test ui prefect-ui lock lint clean-venv
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,10 @@ test: install browser
 # The MLflow UI on the embedded store (runs of each pipeline execution grouped under its flow run; the registry)
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
+
+# The Prefect UI on Prefect's local database ($$PREFECT_HOME, default ~/.prefect): the flow runs of `make run`
+prefect-ui: install
+	$(BIN)/prefect server start --host $(HOST) --port 4200
 
 lock:
 	uv pip compile pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 \

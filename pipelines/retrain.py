@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # the ephemeral server's telemetry heartbeat races the flow for its SQLite file at start-up ("database is locked")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # a first start on a new Prefect database (migrations) takes longer than Prefect's 20 s on a busy 2-core machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if args.command == "stages":
         print("\n".join(stage_order(Path(args.repo))))
         return 0

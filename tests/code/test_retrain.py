@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -122,6 +123,47 @@ def test_a_rerun_with_nothing_changed_registers_nothing_new(repo, first_run):
     assert summary["registered_version"] == "1" and summary["champion_version"] == "1"
     assert len(client_of(repo).search_model_versions(f"name='{NAME}'")) == 1
     assert summary["bento"] == first_run.result()["bento"]  # the champion's Bento reused
+
+
+def test_make_runs_flow_runs_are_in_prefects_local_database_for_the_ui(repo, first_run, tmp_path):
+    """`make run` with no PREFECT_API_URL: the flow runs on Prefect's ephemeral server, whose database is
+    $PREFECT_HOME/prefect.db; `prefect server start` on the same home serves those runs (read through its API)."""
+    from tests.code.test_service import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    done = subprocess.run([sys.executable, "-m", "pipelines.retrain", "--repo", str(repo)], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert (tmp_path / "prefect" / "prefect.db").is_file()
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                               str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, "prefect server start did not come up"
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        flows = {f["id"]: f["name"] for f in httpx.post(f"{api}/flows/filter", json={}, timeout=30).json()}
+        [flow_run] = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=30).json()
+        assert flows[flow_run["flow_id"]] == "retrain" and flow_run["state_type"] == "COMPLETED"
+        tasks = httpx.post(f"{api}/task_runs/filter", json={"flow_runs": {"id": {"any_": [flow_run["id"]]}}},
+                           timeout=30).json()
+        stages = stage_order(repo)
+        assert sorted(t["name"] for t in tasks) == sorted([f"dvc repro {s}" for s in stages] +
+                                                          ["register", "promote", "build_champion_bento"])
+        assert {t["state_type"] for t in tasks} == {"COMPLETED"}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the session this test started for the server
+        server.wait(30)
 
 
 def test_a_failing_stage_fails_the_flow_and_leaves_the_champion(repo, first_run):
