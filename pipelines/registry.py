@@ -100,6 +100,8 @@ def register(client: MlflowClient, name: str, experiment_id: str, onnx_dir: Path
             log.warning("version %s of %s has no files; deleting it", found.version, name)
             client.delete_model_version(name, found.version)
     if version is None:
+        # the run (fluent API) in the client's store, with the version: not in whatever store was set last
+        mlflow.set_tracking_uri(client.tracking_uri)
         kill_orphaned_runs(client, experiment_id, "register")  # a register run whose process died: KILLED
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{time.strftime('%Y%m%d-%H%M%S')}",
                               parent_run_id=parent_run_id, nested=mlflow.active_run() is not None,
