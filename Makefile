@@ -27,7 +27,11 @@ CHAMPION_FILE ?= models/champion/champion.json
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: install browser run serve test ui prefect-ui lock lint clean-venv
+# `make plots`: `dvc plots show` as a page that renders offline (scripts from the npm registry, in plots/)
+PLOTS := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))plots
+PLOTS_OUT ?= dvc_plots
+
+.PHONY: install browser run serve test ui prefect-ui plots lock lint clean-venv
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +67,15 @@ ui: install
 # The Prefect UI on Prefect's local database ($$PREFECT_HOME, default ~/.prefect): the flow runs of `make run`
 prefect-ui: install
 	$(BIN)/prefect server start --host $(HOST) --port 4200
+
+# dvc plots show with a local template: vega, vega-lite, vega-embed installed from npm (plots/package-lock.json)
+# and copied beside the page, so $(PLOTS_OUT)/index.html draws its charts without internet
+plots:
+	npm ci --prefix $(PLOTS) --no-audit --no-fund --silent
+	$(BIN)/dvc plots show --html-template $(PLOTS)/template.html -o $(PLOTS_OUT)
+	mkdir -p $(PLOTS_OUT)/vendor
+	cp $(PLOTS)/node_modules/vega/build/vega.min.js $(PLOTS)/node_modules/vega-lite/build/vega-lite.min.js \
+		$(PLOTS)/node_modules/vega-embed/build/vega-embed.min.js $(PLOTS_OUT)/vendor/
 
 lock:
 	uv pip compile pyproject.toml --extra dev --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
