@@ -1,10 +1,13 @@
-"""python benchmarks/training_throughput.py [--steps 6] [--only default paper] [--device cpu|cuda]
+"""python benchmarks/training_throughput.py [--steps 6] [--only default cpu128 paper] [--device cpu|cuda]
+    [--variants fp32 fp32_channels_last fp32_compile bf16 ...] [--threads N]
 
 Training throughput (images/s) and peak memory of each training module's real step (the Lightning
 modules the stages use: segmenter, inpainters, and the joint segmenter -> inpainters step), on random
-tensors so no data is read, at the CPU default profile (64 px, narrow networks, params.yaml) and at
-the paper's size (256 px, EdgeConnect widths: 64, 8 residual blocks, discriminator 64; segmenter
-width 32, depth 4). Each module x profile runs in its own subprocess, so peak RSS (CPU) is its own.
+tensors so no data is read, at the CPU default profile (64 px, narrow networks, params.yaml), at
+128 px with the same networks (`cpu128`: the scenes' own size), and at the paper's size (256 px,
+EdgeConnect widths: 64, 8 residual blocks, discriminator 64; segmenter width 32, depth 4). Each module
+x profile runs in its own subprocess, so peak RSS (CPU) is its own; on the CPU the variants (fp32,
+channels-last, torch.compile, bf16 autocast) run one after the other in it.
 
 On a GPU every variant in `--variants` runs in that subprocess one after the other (peak CUDA memory
 is reset between them): fp32, bf16-mixed, bf16 + channels-last, bf16 + torch.compile of every
@@ -37,7 +40,8 @@ CONFIGS = {
     "paper": {"size": 256, "seg": (32, 4), "inp": (64, 8, 64), "batch": {"segmenter": 4, "inpainter": 2, "joint": 2}},
 }
 MODULES = ("segmenter", "inpainter", "joint")
-VARIANTS = {"fp32": ("32-true", False, False), "bf16": ("bf16-mixed", False, False),
+VARIANTS = {"fp32": ("32-true", False, False), "fp32_channels_last": ("32-true", True, False),
+            "fp32_compile": ("32-true", False, True), "bf16": ("bf16-mixed", False, False),
             "bf16_channels_last": ("bf16-mixed", True, False), "bf16_compile": ("bf16-mixed", False, True)}
 PEAK_TFLOPS = {"32-true": 495.0, "bf16-mixed": 989.0}  # H100 SXM dense: TF32, bf16
 
@@ -111,9 +115,12 @@ def _step_flops(name: str, profile: str, batch: int, device: str) -> int:
     return counter.get_total_flops()
 
 
-def _child(name: str, profile: str, steps: int, device: str, variants: list[str], batch: int | None) -> list[dict]:
+def _child(name: str, profile: str, steps: int, device: str, variants: list[str], batch: int | None,
+           threads: int | None = None) -> list[dict]:
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     cfg = CONFIGS[profile]
     size, batch = cfg["size"], batch or cfg["batch"][name]
     flops = _step_flops(name, profile, batch, device) if device == "cuda" else None
@@ -132,6 +139,7 @@ def _child(name: str, profile: str, steps: int, device: str, variants: list[str]
         peak = (torch.cuda.max_memory_allocated() if device == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         row = {"module": name, "profile": profile, "image_size": size, "batch": batch, "device": device,
+               "threads": torch.get_num_threads(),
                "variant": variant, "precision": precision, "channels_last": channels_last, "compile": compiled,
                "timed_steps": steps, "images_per_s": round(batch * steps / seconds, 2),
                "peak_memory_mib": round(peak / 2**20, 1),
@@ -153,12 +161,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--variants", choices=list(VARIANTS), nargs="+", default=None)
     parser.add_argument("--batch", type=int, default=None, help="override the profile's batch size")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     variants = args.variants or (["fp32"] if args.device == "cpu" else list(VARIANTS))
     if args.child:
-        _child(*args.child, args.steps, args.device, variants, args.batch)
+        _child(*args.child, args.steps, args.device, variants, args.batch, args.threads)
         return
     rows = []
     for profile in args.only:
@@ -166,6 +175,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--child", module, profile, "--steps", str(args.steps),
                    "--device", args.device, "--variants", *variants]
             cmd += ["--batch", str(args.batch)] if args.batch else []
+            cmd += ["--threads", str(args.threads)] if args.threads else []
             done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
                                   env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1"))
             found = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]

@@ -245,6 +245,7 @@ class FinetuneJointParams(Section):
     selection_margin: Annotated[int, Field(ge=0)]  # px around the selection and M_G that m_hat covers
     background_share: Fraction  # training items shown as the bare I_G: only L_PS learns from them
     contact_weight: Annotated[float, Field(ge=0)]  # the contact head's BCE in L_PS
+    map_gradient: bool  # the inpainting losses reach the segmenter through its segmentation map too (not only the mask)
     losses: InpainterLossWeights
     mel: MelParams
 

@@ -6,10 +6,17 @@ with the segmenter in front. Per step:
     1. segment I; L_PS = cross entropy against the segmentation of I;
     2. select the mask (components.selection): the target instance overlapping M_G most, binary in the
        forward pass, straight-through to the soft target probability m_hat (fallback: M_G);
-    3. inpaint with that mask, the segmenter's probabilities as the segmentation input;
+    3. inpaint with that mask, the segmenter's probabilities (detached: `map_gradient` false) as the
+       segmentation input;
     4. discriminators first (detached fakes), then
        L_SN = L_PS + L_E + L_S + L_I + lambda_X * L_X, L_X = sum (phi - alpha) * m_hat (MEL, optional),
        one backward pass into the segmenter and the three generators.
+
+The inpainting losses reach the segmenter through the selected mask only (`map_gradient: false`, the
+default): the segmentation map the segmentation inpainter completes, and its discriminator judges, is
+the segmenter's output detached, so the method's coupling is the mask alone. (Measured at the start of
+joint training, benchmarks/joint_gradients.py: this is not what makes L_S pull hardest on the
+segmenter; L_S is 27x L_PS through the mask alone and 23x with the map path too.)
 
 The L1 / CE terms are weighted and normalized with the *detached* mask: their normalization counts the
 mask's pixels, and a gradient through that count would reward growing the mask for its own sake. The
@@ -51,6 +58,7 @@ class JointConfig:
     mel_weight: float = 1000.0  # lambda_X
     mel_reduction: Literal["mean", "sum"] = "mean"
     contact_weight: float = 1.0  # the contact head's BCE in L_PS (when the segmenter has the head)
+    map_gradient: bool = False  # the inpainting losses also reach the segmenter through the segmentation map
 
 
 # ----------------------------------------------------------------------------- configs from params
@@ -64,7 +72,8 @@ def joint_config(section: FinetuneJointParams, target_classes: Sequence[int]) ->
     settings = {"mel_alpha": mel.alpha, "mel_weight": mel.weight, "mel_reduction": mel.reduction} if mel.enabled else {}
     return JointConfig(target_classes=tuple(target_classes), segmenter_lr=section.segmenter_lr,
                        segmentation_weight=section.segmentation_weight, margin=section.selection_margin,
-                       mel_enabled=mel.enabled, contact_weight=section.contact_weight, **settings)
+                       mel_enabled=mel.enabled, contact_weight=section.contact_weight,
+                       map_gradient=section.map_gradient, **settings)
 
 
 class JointPass(NamedTuple):
@@ -101,8 +110,10 @@ class JointModule(InpainterModule):
         logits, contact = self.segmenter.segment(batch["image"])  # (B, K, H, W), (B, 1, H, W) or None
         # 2. select the mask: binary forward, straight-through to m_hat
         mask, m_hat, found = training_mask(logits, j.target_classes, batch["mask"], j.margin, contact)
-        # 3. inpaint with it
-        fake = self._generate(batch, mask=mask, seg_in=logits.softmax(dim=1))
+        # 3. inpaint with it; the segmentation map they are given is the segmenter's, detached unless
+        #    map_gradient: the inpainting losses then shape the segmenter through the mask alone
+        probabilities = logits.softmax(dim=1)
+        fake = self._generate(batch, mask=mask, seg_in=probabilities if j.map_gradient else probabilities.detach())
         loss_x = (losses.mask_expansion_loss(batch["sdf"], m_hat, j.mel_alpha, j.mel_reduction)
                   if j.mel_enabled else torch.zeros((), device=logits.device))
         loss_ps = segmenter_terms(logits, contact, batch, j.contact_weight)[0]

@@ -28,6 +28,8 @@ from tests.conftest import REPO, tiny_params_raw
 COVERAGE_FLOOR = 0.9  # of every pixel the person touches (alpha >= 0.1 at 2x), after a 1-px expansion
 PSNR_FLOOR = 26.0  # dB, whole image, after removing one person from a plain texture
 PSNR_GAIN = 6.0  # dB above the input with the person still in it
+TOUCHING_IOU_FLOOR = 0.8  # a click on one of two touching people: IoU of the removal with that person
+TOUCHING_OTHER_CEILING = 0.05  # and at most this share of the other person removed with it
 
 
 def _train_small_model(tmp: Path) -> Path:
@@ -87,20 +89,41 @@ def plain_background(seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     return planes, _to_working(planes, size)
 
 
-def with_person(planes: np.ndarray, seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A standing person pasted on the 2x background, downsampled, and the person's mask (s, s) bool
-    (every pixel the person touches, as the training pairs' masks)."""
+def _paste(image: np.ndarray, rng: np.random.Generator, cx: float, size: int) -> np.ndarray:
+    """A standing person drawn over the 2x `image` planes (in place), centred on column `cx` (fraction of
+    the width); returns its (2s, 2s) float mask of every pixel it touches (alpha >= 0.1)."""
     big = 2 * size
-    sprite = figs.draw_person(np.random.default_rng(seed), big * 0.5, 0.93 * big, 0.6 * big, big, 2, 0.5)
-    image = planes.copy()
+    sprite = figs.draw_person(rng, big * cx, 0.93 * big, 0.6 * big, big, 2, 0.5)
     h, w = sprite.alpha.shape
     region = image[:, sprite.y0:sprite.y0 + h, sprite.x0:sprite.x0 + w]
     region *= 1 - sprite.alpha
     region += sprite.premult
     mask = np.zeros((big, big), np.float32)
     mask[sprite.y0:sprite.y0 + h, sprite.x0:sprite.x0 + w] = sprite.alpha >= 0.1
-    small = cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA) > 0
-    return _to_working(image, size), small
+    return mask
+
+
+def _small(mask: np.ndarray, size: int) -> np.ndarray:
+    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA) > 0
+
+
+def with_person(planes: np.ndarray, seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A standing person pasted on the 2x background, downsampled, and the person's mask (s, s) bool
+    (every pixel the person touches, as the training pairs' masks)."""
+    image = planes.copy()
+    mask = _paste(image, np.random.default_rng(seed), 0.5, size)
+    return _to_working(image, size), _small(mask, size)
+
+
+def two_touching_people(planes: np.ndarray, seed: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two people side by side, the right one drawn first and the left one over it where they meet:
+    (image (s, s, 3), left (s, s) bool, right (s, s) bool: its visible pixels), touching at the working size."""
+    rng = np.random.default_rng(seed)
+    image = planes.copy()
+    right = _paste(image, rng, 0.58, size)
+    left = _paste(image, rng, 0.44, size)
+    left_small, right_small = _small(left, size), _small(right * (left == 0), size)
+    return _to_working(image, size), left_small, right_small & ~left_small
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -132,3 +155,23 @@ def test_a_person_on_a_plain_background_is_removed(model, seed):
     before = psnr(_tensor(image), _tensor(background)).item()
     after = psnr(_tensor(removal.image), _tensor(background)).item()
     assert after >= PSNR_FLOOR and after >= before + PSNR_GAIN, (before, after)
+
+
+@pytest.mark.xfail(strict=True, reason="known gap (issue 13, item 4): at 64 px the trained contact head's "
+                   "probability stays diffuse over both people (at most 0.41-0.50, never on the contact line), "
+                   "so they stay one instance; the splitting itself is tested with a stand-in backend in "
+                   "tests/code/test_inference.py. strict: the suite fails once a model passes, so this mark goes")
+@pytest.mark.parametrize("seed", [30, 31, 32])
+def test_a_click_on_one_of_two_touching_people_removes_that_one(model, seed):
+    """The contact head should split the two touching people into two instances, so that a click on the
+    left one removes it and leaves the right one."""
+    remover, size = model
+    image, left, right = two_touching_people(plain_background(seed, size)[0], seed, size)
+    grown = cv2.dilate(left.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    assert (grown & right).any(), "the scene must show two people touching"
+    distance = cv2.distanceTransform(left.astype(np.uint8), cv2.DIST_L2, 3)
+    y, x = np.unravel_index(int(distance.argmax()), distance.shape)  # the middle of the left person's torso
+    removal = remover.remove(image, Target(points=((x + 0.5, y + 0.5),)))
+    iou = (removal.mask & left).sum() / (removal.mask | left).sum()
+    other = (removal.mask & right).sum() / right.sum()
+    assert iou >= TOUCHING_IOU_FLOOR and other <= TOUCHING_OTHER_CEILING, (round(float(iou), 3), round(float(other), 3))
