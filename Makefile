@@ -18,6 +18,9 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 # Prefect's ephemeral server: no telemetry heartbeat (it races the flow for the SQLite file at start-up)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
+# its start on a new database (migrations) can take longer than Prefect's 20 s on a busy 2-core machine; set here
+# because Prefect reads its settings when it is imported, before the flow's own main() could set them
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
 # Headless Chromium for the web page test: Debian's package, installed when missing and apt-get can (root).
 CHROMIUM ?= /usr/bin/chromium

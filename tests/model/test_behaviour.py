@@ -42,13 +42,15 @@ def _train_small_model(tmp: Path) -> Path:
     raw["scenes"].update(num_images=1500, size=96, min_things=0, max_things=1, person_prob=1.0, occlusion_prob=0.0,
                          crowd_prob=0.0)
     raw["synthesize"].update(image_size=96, pairs={"train": 1200, "val": 40, "test": 8}, min_object_area=100)
-    raw["networks"] = {"image_size": 48, "segmenter": {"width": 16, "depth": 3, "contact_band": 1},
+    # no contact head and the map path on: at 48 px the head does not learn the band (see the touching test),
+    # and this in-test model stays the one the floors below were set on
+    raw["networks"] = {"image_size": 48, "segmenter": {"width": 16, "depth": 3, "contact_band": 0},
                        "inpainter": {"width": 8, "residual_blocks": 2, "dilation": 2, "discriminator_width": 8,
                                      "hole_fill": "smooth", "image_head": "residual01"}}
     raw["trainer"].update(num_workers=0)
     raw["pretrain_segmenter"].update(epochs=12, background_share=0.5)
     raw["pretrain_inpainter"].update(epochs=2)
-    raw["finetune_joint"].update(epochs=1)
+    raw["finetune_joint"].update(epochs=1, map_gradient=True)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
     try:
         params = parse_params(raw)
