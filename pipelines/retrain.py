@@ -41,6 +41,11 @@ import mlflow
 import networkx as nx
 from mlflow import MlflowClient
 from prefect import flow, get_run_logger, task
+from prefect.settings import (
+    PREFECT_SERVER_ANALYTICS_ENABLED,
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+    temporary_settings,
+)
 
 from pipelines import registry
 from pipelines.common import git_revision
@@ -205,17 +210,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cron", default=DEFAULT_CRON, help="serve: the schedule (cron, UTC)")
     parser.add_argument("--name", default="scheduled-retrain", help="serve: the deployment's name")
     args = parser.parse_args(argv)
-    # the ephemeral server's telemetry heartbeat races the flow for its SQLite file at start-up ("database is locked")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # a first start on a new Prefect database (migrations) takes longer than Prefect's 20 s on a busy 2-core machine
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if args.command == "stages":
         print("\n".join(stage_order(Path(args.repo))))
         return 0
-    if args.command == "serve":
-        retrain.serve(name=args.name, cron=args.cron, parameters={"repo": str(Path(args.repo).resolve())})
-        return 0
-    state = retrain(repo=args.repo, return_state=True)
+    # Prefect read its settings when it was imported, so these go through its settings context, not the
+    # environment: the ephemeral server's telemetry heartbeat races the flow for its SQLite file at start-up
+    # ("database is locked"), and a first start on a new database (migrations) takes longer than Prefect's
+    # 20 s on a busy 2-core machine. Values the user set in the environment win.
+    updates = {setting: value for setting, value in ((PREFECT_SERVER_ANALYTICS_ENABLED, False),
+                                                    (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, 120))
+               if setting.name not in os.environ}
+    with temporary_settings(updates=updates):
+        if args.command == "serve":
+            retrain.serve(name=args.name, cron=args.cron, parameters={"repo": str(Path(args.repo).resolve())})
+            return 0
+        state = retrain(repo=args.repo, return_state=True)
     return 0 if state.is_completed() else 1
 
 
