@@ -29,9 +29,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-
-def _disk(pixels: int) -> np.ndarray:
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
+from components.masks import dilate_mask
 
 
 def contact_target(mask: np.ndarray, seg: np.ndarray, thing_classes: Sequence[int], band: int
@@ -42,12 +40,9 @@ def contact_target(mask: np.ndarray, seg: np.ndarray, thing_classes: Sequence[in
     if not mask.any() or band <= 0:
         zeros = np.zeros(mask.shape, np.float32)
         return zeros, zeros.copy()
-    obj = mask.astype(np.uint8)
-    others = (np.isin(seg, list(thing_classes)) & ~mask).astype(np.uint8)
-    disk = _disk(band)
-    target = (obj & cv2.dilate(others, disk)) | (others & cv2.dilate(obj, disk))
-    weight = cv2.dilate(obj, _disk(band + 2))
-    return target.astype(np.float32), weight.astype(np.float32)
+    others = np.isin(seg, list(thing_classes)) & ~mask
+    target = (mask & dilate_mask(others, band)) | (others & dilate_mask(mask, band))
+    return target.astype(np.float32), dilate_mask(mask, band + 2).astype(np.float32)
 
 
 def split_instances(labels: np.ndarray, classes: Sequence[int], contact: np.ndarray | None = None,

@@ -104,8 +104,8 @@ def _observe(fit) -> str:
 
 @pytest.fixture
 def build(tiny, monkeypatch):
-    """build(stage, raw) -> what the stage builds; a local VGG-19 file is stood in for by a stub that
-    records the path it was given (the real loader's tests are in test_training.py)."""
+    """build(stage, raw) -> what the stage builds; the local VGG-19 file is stood in for by a stub
+    network (features: vgg19 then needs no weights file; the real loader's tests are in test_training.py)."""
     monkeypatch.setattr(inpainter_module, "load_vgg19", lambda path: nn.Identity())
 
     def run(stage: str, raw: dict) -> str:
