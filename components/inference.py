@@ -28,13 +28,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-from components.backends import Backend
+from components.export_contract import REQUIRED_FIELDS
+from components.instances import split_instances
 from components.masks import canny_edges, dilate_mask, erode_mask, to_gray
-from components.segmenter import instances_from_labels
+
+if TYPE_CHECKING:  # annotations only: components.backends imports this module
+    from components.backends import Backend
 
 Box = tuple[int, int, int, int]  # (x0, y0, x1, y1) pixels, x1 and y1 exclusive
 MAX_REGIONS = 256  # more separate regions than this (a speckled user mask) get one window around them all
@@ -53,6 +57,19 @@ class ModelInfo:
     default_targets: tuple[int, ...]  # channels that `Target()` removes
     image_size: int  # the working resolution S
     canny_sigma: float = 1.0
+
+
+def model_info(meta: dict) -> ModelInfo:
+    """ModelInfo from the JSON beside a joint checkpoint or an ONNX export (classes, target_classes, ...)."""
+    missing = [k for k in REQUIRED_FIELDS if k not in meta]
+    if missing:
+        raise ValueError(f"model JSON lacks {missing}")
+    names = ["background"] * (max(c["index"] for c in meta["classes"]) + 1)  # channel 0: unlabeled
+    for c in meta["classes"]:
+        names[c["index"]] = c["name"]
+    removable = tuple(c["index"] for c in meta["classes"] if c.get("isthing", True))
+    return ModelInfo(tuple(names), removable, tuple(meta["target_classes"]), int(meta["image_size"]),
+                     float(meta.get("canny_sigma", 1.0)))
 
 
 @dataclass(frozen=True)
@@ -319,7 +336,7 @@ class ObjectRemover:
     def _instances(self, probabilities: np.ndarray, contact: np.ndarray | None, classes, min_area: int
                    ) -> list[tuple[int, np.ndarray]]:
         """Instances at S from (K, S, S) probabilities and the (S, S) contact probability (None: no head)."""
-        return instances_from_labels(probabilities.argmax(axis=0), list(classes), min_area=min_area, contact=contact)
+        return split_instances(probabilities.argmax(axis=0), list(classes), contact, min_area=min_area)
 
     def _select(self, probabilities: np.ndarray, contact: np.ndarray | None, target: Target, width: int, height: int
                 ) -> tuple[np.ndarray, set[int]]:

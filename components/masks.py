@@ -30,12 +30,14 @@ passed ``np.random.Generator``.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import cv2
 import numpy as np
-import torch
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    import torch
 
 LUMA_601 = (0.299, 0.587, 0.114)
 GRAD_SCALE = 2048.0  # [0, 1] Sobel magnitudes (<= 4 * sqrt(2)) -> int16 gradients for cv2.Canny
@@ -127,7 +129,9 @@ def free_form_mask(rng: np.random.Generator, size: int, max_strokes: int = 4, ma
 def to_gray(image: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """ITU-R 601 luma: (H, W, 3) uint8 -> (H, W) uint8 (rounded); (H, W, 3) float -> (H, W) float32;
     (B, 3, H, W) float tensor -> (B, 1, H, W) of the same dtype."""
-    if isinstance(image, torch.Tensor):
+    if not isinstance(image, np.ndarray):  # a tensor; torch imported here only, so serving never loads it
+        import torch
+
         weights = torch.tensor(LUMA_601, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
         return (image * weights).sum(dim=1, keepdim=True)  # (B, 1, H, W)
     if image.dtype == np.uint8:

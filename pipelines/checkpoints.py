@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from components.backends import TorchBackend
-from components.inference import InferenceConfig, ModelInfo, ObjectRemover
+from components.inference import InferenceConfig, ObjectRemover, model_info
 from components.inpainting import InpaintingConfig, InpaintingNetworks
 from components.segmenter import Segmenter, SegmenterConfig
+from components.torch_backend import TorchBackend
 
 
 def read_checkpoint(path: str | Path, stage: str) -> dict[str, Any]:
@@ -46,19 +46,6 @@ def inpainters_from(checkpoint: dict[str, Any]) -> InpaintingNetworks:
     nets = InpaintingNetworks(InpaintingConfig(**checkpoint["hyper_parameters"]["config"]))
     nets.load_state_dict(sub_state(checkpoint["state_dict"], "nets."))
     return nets.eval()
-
-
-def model_info(meta: dict) -> ModelInfo:
-    """ModelInfo from the JSON beside a joint checkpoint or an ONNX export (classes, target_classes, ...)."""
-    missing = [k for k in ("classes", "target_classes", "image_size") if k not in meta]
-    if missing:
-        raise ValueError(f"model JSON lacks {missing}")
-    names = ["background"] * (max(c["index"] for c in meta["classes"]) + 1)  # channel 0: unlabeled
-    for c in meta["classes"]:
-        names[c["index"]] = c["name"]
-    removable = tuple(c["index"] for c in meta["classes"] if c.get("isthing", True))
-    return ModelInfo(tuple(names), removable, tuple(meta["target_classes"]), int(meta["image_size"]),
-                     float(meta.get("canny_sigma", 1.0)))
 
 
 def remover_from(checkpoint_path: str | Path, stage: str = "finetune_joint",

@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 from tqdm import tqdm
 
-from components.backends import OnnxBackend
+from components.backends import load_onnx_remover
 from components.images import DEFAULT_MAX_PIXELS, DecodedImage, ImageError, encode_png, mask_png, read_image_file
 from components.inference import (
     InferenceConfig,
@@ -39,7 +39,7 @@ from components.inference import (
     TargetError,
     check_inputs,
 )
-from pipelines.checkpoints import model_info, remover_from
+from pipelines.checkpoints import remover_from
 
 log = logging.getLogger("predict")
 BackendName = Literal["onnx", "torch"]
@@ -52,21 +52,7 @@ def load_remover(model: str | Path = "models/onnx", backend: BackendName = "onnx
     checkpoint or its folder). Missing files are named."""
     path = Path(model)
     if backend == "onnx":
-        import onnxruntime as ort
-
-        files = {name: path / name for name in ("segmenter.onnx", "inpainter.onnx", "model.json")}
-        for file in files.values():
-            if not file.is_file():
-                raise FileNotFoundError(f"ONNX model file not found: {file} (run `dvc repro export`)")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-
-        def session(file: Path) -> ort.InferenceSession:
-            return ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
-
-        meta = json.loads(files["model.json"].read_text())
-        engine = OnnxBackend(session(files["segmenter.onnx"]), session(files["inpainter.onnx"]))
-        return ObjectRemover(engine, model_info(meta), config or InferenceConfig())
+        return load_onnx_remover(path, config)
     if backend == "torch":
         return remover_from(path / "best.ckpt" if path.is_dir() else path, config=config)
     raise ValueError(f"backend must be 'onnx' or 'torch', got {backend!r}")

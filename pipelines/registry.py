@@ -29,11 +29,11 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from components.export_contract import FILES
 from pipelines.tracking import kill_orphaned_runs, owner_tags
 from serving.store import fingerprint  # the export's identity, also its BentoML model's version
 
 log = logging.getLogger(__name__)
-FILES = ("segmenter.onnx", "inpainter.onnx", "model.json")
 CHAMPION, CHALLENGER = "champion", "challenger"
 ARTIFACT_PATH = "model"
 

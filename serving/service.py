@@ -1,7 +1,8 @@
 """bentoml serve serving.service:ObjectRemoval --host 127.0.0.1 --port 3000 [--arg model=object-removal:<version>]
 
 Object removal over HTTP, on the same inference code as evaluation and the batch CLI
-(`pipelines.predict.load_remover`); this module only parses requests and formats answers.
+(`components.backends.load_onnx_remover`, ONNX Runtime; no torch, nothing from pipelines/); this module only
+parses requests and formats answers.
 
 Design:
 - The model is one pinned version, never "latest": the Bento argument `model` (`object-removal:<version>`,
@@ -44,9 +45,9 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
+from components.backends import load_onnx_remover
 from components.images import ImageError, decode_image, decode_mask, encode_png, mask_png, mask_rle
 from components.inference import Target, TargetError
-from pipelines.predict import load_remover
 from serving.settings import Settings
 from serving.store import MODEL_NAME
 
@@ -223,7 +224,7 @@ class ObjectRemoval:
 
     def __init__(self) -> None:
         self.settings = Settings.from_env()
-        self.remover = load_remover(self.model.path, backend="onnx")
+        self.remover = load_onnx_remover(self.model.path)
         self.pool = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="inference")
         log.info("model %s loaded; %s", self.model.tag, self.settings)
 

@@ -29,10 +29,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from components.export_contract import FILES, GRAPH_FILES, METADATA_FIELDS, MODEL_JSON, missing_files
+
 MODEL_NAME = "object-removal"
-FILES = ("segmenter.onnx", "inpainter.onnx", "model.json")
-METADATA_KEYS = ("classes", "target_classes", "image_size", "params_hash", "git_revision", "parity", "metrics",
-                 "opset", "onnxruntime")
 STAGING = ".staging"
 KINDS = (("models", "model.yaml"), ("bentos", "bento.yaml"))  # models first: a Bento never precedes its model
 
@@ -42,9 +41,9 @@ def fingerprint(onnx_dir: str | Path) -> str:
     registry finds versions by it and the store names the model's version after it."""
     folder = Path(onnx_dir)
     digest = hashlib.sha256()
-    for name in ("segmenter.onnx", "inpainter.onnx"):
+    for name in GRAPH_FILES:
         digest.update((folder / name).read_bytes())
-    digest.update(str(json.loads((folder / "model.json").read_text()).get("params_hash")).encode())
+    digest.update(str(json.loads((folder / MODEL_JSON).read_text()).get("params_hash")).encode())
     return digest.hexdigest()[:32]
 
 
@@ -79,11 +78,11 @@ def import_model(onnx_dir: str | Path, version: str | None = None, name: str = M
     import bentoml
 
     folder = Path(onnx_dir)
-    missing = [str(folder / file) for file in FILES if not (folder / file).is_file()]
+    missing = [str(file) for file in missing_files(folder)]
     if missing:
         raise FileNotFoundError(f"ONNX export incomplete, missing {missing} (run `dvc repro export`)")
-    info = json.loads((folder / "model.json").read_text())
-    metadata = {key: info[key] for key in METADATA_KEYS if key in info}
+    info = json.loads((folder / MODEL_JSON).read_text())
+    metadata = {key: info[key] for key in METADATA_FIELDS if key in info}
     metadata["file_sizes"] = {file: (folder / file).stat().st_size for file in FILES}  # what `clean` checks
     tags = {"framework": "onnxruntime", "fingerprint": fingerprint(folder),
             "params_hash": str(info.get("params_hash", "")), "git_revision": str(info.get("git_revision", ""))[:12],

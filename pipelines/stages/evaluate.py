@@ -18,7 +18,7 @@ import cv2
 import mlflow
 from torch.utils.data import DataLoader
 
-from components.backends import TorchBackend
+from components.torch_backend import TorchBackend
 from components.perceptual_metrics import load_inception, load_lpips
 from pipelines.checkpoints import inpainters_from, read_checkpoint, segmenter_from
 from pipelines.common import params_hash, stage_main, write_json

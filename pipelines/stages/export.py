@@ -36,6 +36,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from components.export_contract import (
+    INPAINTER_FILE,
+    INPAINTER_INPUTS,
+    INPAINTER_OUTPUTS,
+    MODEL_JSON,
+    SEGMENTER_FILE,
+    SEGMENTER_INPUTS,
+    SEGMENTER_OUTPUTS,
+)
 from components.inference import edges_of
 from components.inpainting import InpaintingNetworks
 from components.segmenter import Segmenter
@@ -47,7 +56,6 @@ from pipelines.params import Params
 log = logging.getLogger("export")
 logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # the exporter's optimizer logs every rewrite at INFO
 STAGE = "export"
-SEGMENTER_INPUTS, INPAINTER_INPUTS = ("image",), ("image", "edges", "probabilities", "mask")
 
 
 class ParityError(RuntimeError):
@@ -60,7 +68,7 @@ class SegmenterProbabilities(nn.Module):
     def __init__(self, segmenter: Segmenter):
         super().__init__()
         self.segmenter = segmenter
-        self.outputs = ("probabilities", "contact") if segmenter.contact is not None else ("probabilities",)
+        self.outputs = SEGMENTER_OUTPUTS if segmenter.contact is not None else SEGMENTER_OUTPUTS[:1]
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         logits, contact = self.segmenter.segment(image)
@@ -96,18 +104,18 @@ def session(path: Path) -> ort.InferenceSession:
 def parity(segmenter: nn.Module, inpainter: nn.Module, sessions: dict[str, ort.InferenceSession], loader,
            canny_sigma: float) -> dict[str, float]:
     """Largest |ONNX Runtime - PyTorch| of each output over the loader's pairs (true masks as holes)."""
-    worst = {name: 0.0 for name in (*segmenter.outputs, "fill")}
+    worst = {name: 0.0 for name in (*segmenter.outputs, *INPAINTER_OUTPUTS)}
     for batch in loader:
         image, mask = batch["image"], batch["mask"]
         segmented = segmenter(image)
         probabilities = segmented[0]
         edges = torch.from_numpy(edges_of(image.numpy(), canny_sigma))
         fill = inpainter(image, edges, probabilities, mask)
-        onnx_segmented = sessions["segmenter"].run(None, {"image": image.numpy()})
+        onnx_segmented = sessions["segmenter"].run(None, {SEGMENTER_INPUTS[0]: image.numpy()})
         # the same inputs for both inpainters, so each graph is compared on its own
-        feed = {"image": image, "edges": edges, "probabilities": probabilities, "mask": mask}
+        feed = dict(zip(INPAINTER_INPUTS, (image, edges, probabilities, mask), strict=True))
         onnx_fill = sessions["inpainter"].run(None, {k: v.numpy() for k, v in feed.items()})[0]
-        pairs = [*zip(segmenter.outputs, onnx_segmented, segmented, strict=True), ("fill", onnx_fill, fill)]
+        pairs = [*zip(segmenter.outputs, onnx_segmented, segmented, strict=True), (*INPAINTER_OUTPUTS, onnx_fill, fill)]
         for name, ours, theirs in pairs:
             worst[name] = max(worst[name], float(np.abs(ours - theirs.numpy()).max()))
     return worst
@@ -133,23 +141,21 @@ def run(params: Params) -> dict:
     example = (example_image, example_edges, torch.full((2, classes, size, size), 1 / classes), first["mask"][:2])
     section = {"export": p.model_dump(mode="json"), "networks": params.networks.model_dump(mode="json")}
     with atomic_dir(Path(params.paths.onnx)) as out:
-        export_graph(segmenter, (example_image,), SEGMENTER_INPUTS, segmenter.outputs, out / "segmenter.onnx", p.opset)
-        export_graph(inpainter, example, INPAINTER_INPUTS, ("fill",), out / "inpainter.onnx", p.opset)
-        sessions = {"segmenter": session(out / "segmenter.onnx"), "inpainter": session(out / "inpainter.onnx")}
+        export_graph(segmenter, (example_image,), SEGMENTER_INPUTS, segmenter.outputs, out / SEGMENTER_FILE, p.opset)
+        export_graph(inpainter, example, INPAINTER_INPUTS, INPAINTER_OUTPUTS, out / INPAINTER_FILE, p.opset)
+        sessions = {"segmenter": session(out / SEGMENTER_FILE), "inpainter": session(out / INPAINTER_FILE)}
         worst = parity(segmenter, inpainter, sessions, loader, canny_sigma)
         if max(worst.values()) > p.tolerance:
             raise ParityError(f"ONNX Runtime differs from PyTorch by {worst} (largest |difference| per output) "
                               f"on {count} test pairs, over export.tolerance = {p.tolerance}")
+        shapes = {name: ["batch", channels, size, size] for name, channels in
+                  (("image", 3), ("edges", 1), ("probabilities", classes), ("mask", 1), ("contact", 1), ("fill", 3))}
         info = {
             "graphs": {
-                "segmenter.onnx": {"inputs": {"image": ["batch", 3, size, size]},
-                                   "outputs": {"probabilities": ["batch", classes, size, size],
-                                               **({"contact": ["batch", 1, size, size]}
-                                                  if "contact" in segmenter.outputs else {})}},
-                "inpainter.onnx": {"inputs": {"image": ["batch", 3, size, size], "edges": ["batch", 1, size, size],
-                                              "probabilities": ["batch", classes, size, size],
-                                              "mask": ["batch", 1, size, size]},
-                                   "outputs": {"fill": ["batch", 3, size, size]}},
+                SEGMENTER_FILE: {"inputs": {n: shapes[n] for n in SEGMENTER_INPUTS},
+                                 "outputs": {n: shapes[n] for n in segmenter.outputs}},
+                INPAINTER_FILE: {"inputs": {n: shapes[n] for n in INPAINTER_INPUTS},
+                                 "outputs": {n: shapes[n] for n in INPAINTER_OUTPUTS}},
             },
             "image_size": size,
             "size_constraint": f"spatial size fixed at {size} x {size} (the working resolution); batch 1-1024",
@@ -162,7 +168,7 @@ def run(params: Params) -> dict:
             "metrics": joint_info.get("metrics", {}),
             "source": str(checkpoint_path), "params_hash": params_hash(section), "git_revision": git_revision(),
         }
-        write_json(out / "model.json", info)
+        write_json(out / MODEL_JSON, info)
     write_json(Path(params.paths.reports) / "export.json",
                {"parity_pairs": count, **{f"max_abs_diff_{k}": v for k, v in worst.items()}})
     log.info("export: %s (tolerance %s) on %d test pairs", worst, p.tolerance, count)

@@ -51,6 +51,14 @@ def onnx_dir(request: pytest.FixtureRequest) -> Path:
     return Path(request.getfixturevalue("exported")[0]["paths"]["onnx"])
 
 
+def without_torch(tmp: Path) -> str:
+    """A folder whose `torch` package refuses to import, for PYTHONPATH: the service must run without PyTorch."""
+    shim = tmp / "no-torch" / "torch"
+    shim.mkdir(parents=True, exist_ok=True)
+    (shim / "__init__.py").write_text('raise ImportError("torch is not installed where the service runs")\n')
+    return str(shim.parent)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -163,7 +171,7 @@ def server_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(request, server_dir) -> Iterator[str]:
     with serve(onnx_dir(request), server_dir, OBJREMOVAL_API_TOKEN=TOKEN, OBJREMOVAL_MAX_PIXELS=str(MAX_PIXELS),
-               OBJREMOVAL_MAX_BODY_BYTES=str(MAX_BODY)) as url:
+               OBJREMOVAL_MAX_BODY_BYTES=str(MAX_BODY), PYTHONPATH=without_torch(server_dir)) as url:
         yield url
 
 
@@ -193,6 +201,16 @@ def test_settings_come_from_the_environment_and_bad_values_are_named():
     assert Settings.from_env({"OBJREMOVAL_API_TOKEN": ""}).api_token is None
     with pytest.raises(ValueError, match="OBJREMOVAL_MAX_BODY_BYTES must be a positive integer, got '-5'"):
         Settings.from_env({"OBJREMOVAL_MAX_BODY_BYTES": "-5"})
+
+
+def test_the_service_imports_neither_torch_nor_pipelines(server, server_dir):
+    """The server above runs with torch unimportable; here the service module's imports are listed."""
+    code = ("import sys, serving.service; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'pipelines', 'lightning', 'mlflow'}))")
+    env = {**os.environ, "BENTOML_HOME": str(server_dir / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_health_and_readiness_need_no_token(server):
