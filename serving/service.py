@@ -8,30 +8,25 @@ Design:
 - The model is one pinned version, never "latest": the Bento argument `model` (`object-removal:<version>`,
   set by `serving.store build`, which makes every Bento) names it; `/info` reports it, its fingerprint,
   the Bento's tag and the MLflow registry version the Bento was built for.
-- Every route lives in one FastAPI app mounted with `@bentoml.asgi_app`: the checks need the raw body
-  before anything decodes it, and with no `@bentoml.api` method nothing here accepts BentoML's pickle
-  content type. BentoML keeps what it is good at: the model store (`BentoModel`), workers, traffic
-  control, /livez /healthz /readyz and the Prometheus /metrics, which record the mounted routes too.
-- Load: decoding, inference and encoding run in a small thread pool per worker (`OBJREMOVAL_THREADS`),
-  so the event loop stays free for health checks; other requests wait in BentoML's bounded queue
-  (`traffic.max_concurrency`, 16 bodies of at most OBJREMOVAL_MAX_BODY_BYTES held at once; beyond it
-  BentoML answers 429 at once, never a 5xx).
-- Bad input: every refusal is a 4xx with `{"error": "..."}` naming the problem; the body size is counted
-  while it is read (a missing or false Content-Length changes nothing), images are checked against the
-  pixel limit before decoding (components.images). An unexpected failure is logged and answered 500.
+- `remove` and `segment` are typed `@bentoml.api` endpoints (image files in as `Path`s, the target as a
+  pydantic model, `expand` and `output` as constrained fields): `bentoml.SyncHTTPClient` calls them and
+  /docs.json (OpenAPI, browsable at /docs) describes them. The page, /info and /docs are a small FastAPI app
+  mounted beside them (`@bentoml.asgi_app`); BentoML keeps the model store (`BentoModel`), the worker, health
+  checks and the Prometheus /metrics.
+- In front of the endpoints, serving/admission.py does what must happen before BentoML parses a body: the
+  token, no pickles (415), the body read in full against its byte limit, deadline and minimum rate without
+  holding an inference slot, file fields checked, then a bounded wait for a slot (503 + Retry-After).
+- Images are checked against the pixel limit before decoding (components.images); every refusal is a 4xx
+  with `{"error": "..."}` naming the problem. An unexpected failure is logged and answered 500.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import functools
-import hmac
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import bentoml
 from fastapi import FastAPI, Request
@@ -39,52 +34,32 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
-from starlette.requests import ClientDisconnect
-from starlette.routing import Match
 
 from components.backends import load_onnx_remover
 from components.images import ImageError, decode_image, decode_mask, encode_png, mask_png, mask_rle
 from components.inference import Target, TargetError
-from serving.settings import Settings
+from serving.admission import Admission, Refused, authorize
+from serving.settings import MAX_EXPAND, Settings
 from serving.store import MODEL_NAME
 
 log = logging.getLogger("bentoml.objremoval")
 STATIC = Path(__file__).parent / "static"
-PICKLE_TYPES = {"application/vnd.bentoml+pickle", "application/python-pickle", "application/x-python-pickle"}
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; base-uri 'none'; "
                                            "frame-ancestors 'none'", "X-Content-Type-Options": "nosniff"}
-METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+BENTOML_DOCS = Path(bentoml.__file__).parents[1] / "_bentoml_impl" / "server" / "main-openapi.html"
 
 app = FastAPI(title="object removal", docs_url=None, redoc_url=None, openapi_url=None)
 app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-@app.exception_handler(ApiError)
-async def _api_error(_: Request, err: ApiError) -> JSONResponse:
+@app.exception_handler(Refused)
+async def _refused(_: Request, err: Refused) -> JSONResponse:
     return _error(err.status, err.message, err.headers)
-
-
-@app.exception_handler(ImageError)
-async def _image_error(_: Request, err: ImageError) -> JSONResponse:
-    return _error(err.status, str(err))
-
-
-@app.exception_handler(TargetError)
-async def _target_error(_: Request, err: TargetError) -> JSONResponse:
-    return _error(422, str(err))
 
 
 @app.exception_handler(HTTPException)
@@ -98,88 +73,45 @@ async def _validation_error(_: Request, err: RequestValidationError) -> JSONResp
 
 
 class TargetSpec(BaseModel):
-    """The `target` form field: `{"classes": [...], "points": [[x, y], ...], "box": [x0, y0, x1, y1]}`."""
+    """What to remove; the form field `target` as JSON: `{"classes": [...], "points": [[x, y], ...], "box": [...]}`.
+    Empty: the model's default classes. A `mask` file, when sent, is filled as given (with no points or box)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-    classes: list[str] = Field(default_factory=list, max_length=64)
-    points: list[tuple[float, float]] = Field(default_factory=list, max_length=256)
-    box: tuple[float, float, float, float] | None = None
+    classes: list[str] = Field(default_factory=list, max_length=64, description="class names to remove")
+    points: list[tuple[float, float]] = Field(default_factory=list, max_length=256,
+                                              description="(x, y) image pixels on the objects to remove")
+    box: tuple[float, float, float, float] | None = Field(None, description="(x0, y0, x1, y1): the objects inside")
+
+    def to_target(self) -> Target:
+        return Target(classes=tuple(self.classes), points=tuple(self.points), box=self.box)
 
 
-def parse_target(raw: str | None) -> Target:
-    if not raw:
-        return Target()
-    try:
-        spec = TargetSpec.model_validate_json(raw)
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'target'}: {e['msg']}" for e in err.errors())
-        raise ApiError(400, f"malformed target JSON ({problems})") from None
-    return Target(classes=tuple(spec.classes), points=tuple(spec.points), box=spec.box)
+EVERYTHING_DEFAULT = TargetSpec()  # the model's default classes
+NO_MASK: list[Path] = []  # a list: BentoML 1.4 takes optional files only as lists (it maps no `Path | None`)
 
 
-def parse_expand(raw: str | None, limit: int) -> int:
-    if not raw:
-        return 0
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ApiError(422, f"expand must be a whole number of pixels, got {raw[:40]!r}") from None
-    if abs(value) > limit:
-        raise ApiError(422, f"expand must be between -{limit} and {limit} pixels, got {value}")
-    return value
+class Segment(BaseModel):
+    class_: str = Field(alias="class")
+    score: float
+    bbox: tuple[int, int, int, int]
+    area: int
+    mask: dict = Field(description="COCO RLE of the (height, width) mask: {size, counts}")
 
 
-def parse_output(raw: str | None) -> Literal["png", "json"]:
-    if raw in (None, "", "png", "json"):
-        return raw or "png"
-    raise ApiError(422, f"output must be 'png' or 'json', got {raw[:40]!r}")
+class Segments(BaseModel):
+    width: int
+    height: int
+    segments: list[Segment]
 
 
-async def read_form(request: Request, max_bytes: int) -> FormData:
-    """The multipart form of `request`, refusing pickles, other content types and bodies over `max_bytes`."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media in PICKLE_TYPES:
-        raise ApiError(415, f"content type {media} is refused: this service never unpickles request bodies")
-    if media != "multipart/form-data":
-        raise ApiError(415, f"expected a multipart/form-data body, got content type {media or '(none)'!r}")
-    too_large = f"request body is larger than the limit of {max_bytes} bytes"
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise ApiError(413, too_large)
-    body = bytearray()
-    try:
-        async for chunk in request.stream():  # counted as it arrives: chunked bodies have no Content-Length
-            body += chunk
-            if len(body) > max_bytes:
-                raise ApiError(413, too_large)
-    except ClientDisconnect:
-        raise ApiError(400, "the client disconnected before the body was complete") from None
-
-    async def replay() -> dict:
-        return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-    try:
-        return await Request(request.scope, replay).form(max_files=2, max_fields=8, max_part_size=64 * 1024)
-    except (MultiPartException, HTTPException) as err:
-        raise ApiError(400, f"malformed multipart body: {getattr(err, 'detail', err)}") from None
-
-
-async def file_field(form: FormData, name: str, required: bool = False) -> bytes | None:
-    values = form.getlist(name)
-    if not values:
-        if required:
-            raise ApiError(400, f"missing form field {name!r} (an image file)")
-        return None
-    if len(values) > 1 or not isinstance(values[0], UploadFile):
-        raise ApiError(400, f"form field {name!r} must be one uploaded file")
-    return await values[0].read()
-
-
-def text_field(form: FormData, name: str) -> str | None:
-    value = form.get(name)
-    if isinstance(value, UploadFile):
-        raise ApiError(400, f"form field {name!r} must be text, not a file")
-    return value
+def quiet_validation_errors(record: logging.LogRecord) -> bool:
+    """BentoML logs a traceback for every request whose fields fail validation: a client's mistake, answered
+    422 naming the field; it is kept as one line."""
+    if record.exc_info and isinstance(record.exc_info[1], ValidationError):
+        record.msg, record.args, record.exc_info, record.levelno = (f"{record.getMessage()}: invalid input "
+                                                                    "(answered 422)", None, None, logging.INFO)
+        record.levelname = "INFO"
+    return True
 
 
 def b64(data: bytes) -> str:
@@ -217,7 +149,9 @@ def pinned_model(args: BentoArgs) -> str:
 ARGS = bentoml.use_arguments(BentoArgs)  # BentoML sets them before it imports this module
 
 
-@bentoml.service(traffic={"timeout": 300, "max_concurrency": 16}, workers=1)
+# No traffic.max_concurrency: BentoML would admit a request before its body is read; serving/admission.py
+# admits it after, to the inference slots (OBJREMOVAL_THREADS) through a bounded, timed queue.
+@bentoml.service(traffic={"timeout": 300}, workers=1)
 @bentoml.asgi_app(app, path="/")
 class ObjectRemoval:
     model = bentoml.models.BentoModel(pinned_model(ARGS))
@@ -225,39 +159,21 @@ class ObjectRemoval:
     def __init__(self) -> None:
         self.settings = Settings.from_env()
         self.remover = load_onnx_remover(self.model.path)
-        self.pool = ThreadPoolExecutor(self.settings.threads, thread_name_prefix="inference")
+        logging.getLogger("bentoml._internal.server.http_app").addFilter(quiet_validation_errors)
         log.info("model %s loaded; %s", self.model.tag, self.settings)
-
-    @bentoml.on_shutdown
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-    def authorize(self, request: Request) -> None:
-        token = self.settings.api_token
-        if token is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if not (scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())):
-            raise ApiError(401, "missing or wrong bearer token (send Authorization: Bearer <token>)",
-                           {"WWW-Authenticate": "Bearer"})
-
-    async def run(self, fn, *args) -> Response:
-        """`fn(*args)` in the inference pool; an unexpected exception is logged and becomes a 500."""
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
-        except (ApiError, ImageError, TargetError):
-            raise
-        except Exception:
-            log.exception("inference failed")
-            raise ApiError(500, "internal error while processing the image (logged on the server)") from None
 
     @app.get("/")
     def page(self) -> FileResponse:
         return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
+    @app.get("/docs")
+    def docs(self) -> FileResponse:
+        """BentoML's OpenAPI browser over /docs.json (its scripts are BentoML's, under /static_content)."""
+        return FileResponse(BENTOML_DOCS)
+
     @app.get("/info")
     def info(self, request: Request) -> dict:
-        self.authorize(request)
+        authorize({k.lower(): v for k, v in request.headers.items()}, self.settings.api_token)
         meta = self.model.info.metadata
         return {"classes": self.remover.classes, "default_classes": self.remover.default_classes,
                 "image_size": self.remover.image_size,
@@ -268,25 +184,25 @@ class ObjectRemoval:
                 "bento": str(bento.tag) if (bento := getattr(ObjectRemoval, "bento", None)) is not None else None,
                 "registry": {"model": ARGS.mlflow_model, "version": ARGS.mlflow_version}}
 
-    @app.post("/remove")
-    async def remove(self, request: Request) -> Response:
-        self.authorize(request)
-        form = await read_form(request, self.settings.max_body_bytes)
-        try:
-            image = await file_field(form, "image", required=True)
-            mask = await file_field(form, "mask")
-            target = parse_target(text_field(form, "target"))
-            expand = parse_expand(text_field(form, "expand"), self.settings.max_expand)
-            output = parse_output(text_field(form, "output"))
-        finally:
-            await form.close()
-        return await self.run(self._remove, image, mask, target, expand, output)
+    @bentoml.api
+    def remove(self, image: Annotated[Path, Field(description="the photo (PNG, JPEG, WebP, BMP, TIFF, GIF)")],
+               target: Annotated[TargetSpec, Field(description="what to remove")] = EVERYTHING_DEFAULT,
+               mask: Annotated[list[Path], Field(max_length=1, description="at most one mask image of the photo's "
+                                                 "size, white = remove (instead of points or a box)")] = NO_MASK,
+               expand: Annotated[int, Field(ge=-MAX_EXPAND, le=MAX_EXPAND,
+                                            description="dilate (> 0) or erode (< 0) the mask, pixels")] = 0,
+               output: Annotated[Literal["png", "json"], Field(description="png: the result image; json: result and "
+                                                                           "mask as base64 PNGs, bbox")] = "png",
+               ) -> Annotated[bytes, bentoml.validators.ContentType("image/png")]:
+        """Remove objects from a photo: the result PNG (the input's alpha kept; headers X-Removed-Pixels,
+        X-Mask-Bbox), or with output=json `{image, mask, bbox, removed_pixels, width, height}`."""
+        return self._answer(lambda: self._remove(image, target.to_target(), mask[0] if mask else None, expand, output))
 
-    def _remove(self, data: bytes, mask: bytes | None, target: Target, expand: int, output: str) -> Response:
-        decoded = decode_image(data, self.settings.max_pixels)
+    def _remove(self, image: Path, target: Target, mask: Path | None, expand: int, output: str) -> Response:
+        decoded = decode_image(image.read_bytes(), self.settings.max_pixels)
         height, width = decoded.rgb.shape[:2]
         if mask is not None:
-            target = replace(target, mask=decode_mask(mask, (width, height), self.settings.max_pixels))
+            target = replace(target, mask=decode_mask(mask.read_bytes(), (width, height), self.settings.max_pixels))
         result = self.remover.remove(decoded.rgb, target, expand)
         png, removed = encode_png(result.image, decoded.alpha), int(result.mask.sum())
         bbox = list(result.bbox) if result.bbox is not None else None
@@ -296,31 +212,28 @@ class ObjectRemoval:
         headers = {"X-Removed-Pixels": str(removed), "X-Mask-Bbox": ",".join(map(str, bbox)) if bbox else "none"}
         return Response(png, media_type="image/png", headers=headers)
 
-    @app.post("/segment")
-    async def segment(self, request: Request) -> Response:
-        self.authorize(request)
-        form = await read_form(request, self.settings.max_body_bytes)
-        try:
-            image = await file_field(form, "image", required=True)
-        finally:
-            await form.close()
-        return await self.run(self._segment, image)
+    @bentoml.api
+    def segment(self, image: Annotated[Path, Field(description="the photo")]) -> Segments:
+        """The instances the model finds: class, score, bbox, area and a COCO RLE mask each."""
+        return self._answer(lambda: self._segment(image))
 
-    def _segment(self, data: bytes) -> Response:
-        rgb = decode_image(data, self.settings.max_pixels).rgb
+    def _segment(self, image: Path) -> Response:
+        rgb = decode_image(image.read_bytes(), self.settings.max_pixels).rgb
         segments = [{"class": s.label, "score": round(s.score, 4), "bbox": list(s.bbox), "area": int(s.mask.sum()),
                      "mask": mask_rle(s.mask)} for s in self.remover.segment(rgb)]
         return JSONResponse({"width": rgb.shape[1], "height": rgb.shape[0], "segments": segments})
 
+    def _answer(self, work) -> Response:
+        """`work()`'s answer; bad images and targets become their 4xx, anything unexpected a logged 500."""
+        try:
+            return work()
+        except ImageError as err:
+            return _error(err.status, str(err))
+        except TargetError as err:
+            return _error(422, str(err))
+        except Exception:
+            log.exception("inference failed")
+            return _error(500, "internal error while processing the image (logged on the server)")
 
 
-# After the class: its routes are included into `app` when it is decorated, and this one must come last.
-@app.api_route("/{path:path}", methods=METHODS, include_in_schema=False)
-def not_found(request: Request, path: str) -> Response:
-    """Unknown paths and methods get JSON errors too (BentoML's health and metrics routes match first)."""
-    routes = app.router.routes[:-1]
-    allowed = [m for m in METHODS if any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in routes)]
-    if allowed:
-        raise ApiError(405, f"method {request.method} not allowed on /{path} (allowed: {', '.join(allowed)})",
-                       {"Allow": ", ".join(allowed)})
-    raise ApiError(404, f"no such endpoint: {request.method} /{path}")
+ObjectRemoval.add_asgi_middleware(Admission)
