@@ -2,7 +2,9 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { file: null, points: [], resultUrl: null };
+// a selection in image pixels: clicked points, a dragged box [x0, y0, x1, y1], or a painted mask (a canvas of
+// the image's size: white = remove, drawn alongside the red overlay the user sees)
+const state = { file: null, points: [], box: null, drag: null, painted: false, mask: null, resultUrl: null };
 
 function headers() {
   const token = $("token").value.trim();
@@ -51,7 +53,40 @@ function drawMarkers() {
     marker.style.top = `${(y / img.naturalHeight) * 100}%`;
     $("stage").append(marker);
   }
-  $("points-count").textContent = state.points.length ? `${state.points.length} point(s)` : "";
+  $("points-count").textContent = [state.points.length ? `${state.points.length} point(s)` : "",
+    state.box ? "a box" : "", state.painted ? "a painted mask" : ""].filter(Boolean).join(", ");
+  const mark = $("boxmark"), box = state.drag ?? state.box;
+  mark.hidden = !box;
+  if (box) {
+    const [x0, y0, x1, y1] = ordered(box);
+    Object.assign(mark.style, { left: `${(x0 / img.naturalWidth) * 100}%`, top: `${(y0 / img.naturalHeight) * 100}%`,
+      width: `${((x1 - x0) / img.naturalWidth) * 100}%`, height: `${((y1 - y0) / img.naturalHeight) * 100}%` });
+  }
+}
+
+function ordered([xa, ya, xb, yb]) {
+  return [Math.min(xa, xb), Math.min(ya, yb), Math.max(xa, xb), Math.max(ya, yb)];
+}
+
+function clearSelection() {
+  state.points = [];
+  state.box = null;
+  state.drag = null;
+  state.painted = false;
+  const overlay = $("overlay"), img = $("input");
+  overlay.width = img.naturalWidth || 1;  // resizing a canvas clears it
+  overlay.height = img.naturalHeight || 1;
+  state.mask = document.createElement("canvas");
+  state.mask.width = overlay.width;
+  state.mask.height = overlay.height;
+  const context = state.mask.getContext("2d");
+  context.fillStyle = "black";
+  context.fillRect(0, 0, overlay.width, overlay.height);
+  drawMarkers();
+}
+
+function tool() {
+  return document.querySelector("input[name=tool]:checked").value;
 }
 
 function clearResult() {
@@ -62,24 +97,76 @@ function clearResult() {
 
 function onFile() {
   state.file = $("file").files[0] ?? null;
-  state.points = [];
   clearResult();
   showError("");
   const img = $("input");
   if (img.src) URL.revokeObjectURL(img.src);
-  img.hidden = !state.file;
+  img.hidden = $("overlay").hidden = !state.file;
   if (state.file) img.src = URL.createObjectURL(state.file);
   $("remove").disabled = !state.file;
-  drawMarkers();
+  clearSelection();
 }
 
-function onClick(event) {
+function imagePoint(event) {
   // displayed size -> image pixels: the image is scaled to the panel's width
   const img = $("input");
   const box = img.getBoundingClientRect();
   const x = ((event.clientX - box.left) * img.naturalWidth) / box.width;
   const y = ((event.clientY - box.top) * img.naturalHeight) / box.height;
-  state.points.push([Math.round(x * 10) / 10, Math.round(y * 10) / 10]);
+  return [Math.min(Math.max(x, 0), img.naturalWidth), Math.min(Math.max(y, 0), img.naturalHeight)];
+}
+
+function paint(from, to) {
+  // one brush stroke segment, on the mask sent to the server (white on black) and on the overlay the user
+  // sees (opaque red on a canvas shown translucent, so overlapping strokes do not darken)
+  for (const [canvas, colour] of [[state.mask, "white"], [$("overlay"), "#ef4444"]]) {
+    const context = canvas.getContext("2d");
+    context.strokeStyle = colour;
+    context.lineWidth = Number($("brush").value);
+    context.lineCap = "round";
+    context.beginPath();
+    context.moveTo(...from);
+    context.lineTo(...to);
+    context.stroke();
+  }
+  state.painted = true;
+}
+
+function onPointerDown(event) {
+  if (!state.file) return;
+  event.preventDefault();
+  $("overlay").setPointerCapture(event.pointerId);
+  const at = imagePoint(event);
+  if (tool() === "click") {
+    state.points.push(at.map((v) => Math.round(v * 10) / 10));
+  } else if (tool() === "box") {
+    state.drag = [...at, ...at];
+  } else {
+    state.stroke = at;
+    paint(at, at);
+  }
+  drawMarkers();
+}
+
+function onPointerMove(event) {
+  if (state.drag) {
+    state.drag = [state.drag[0], state.drag[1], ...imagePoint(event)];
+    drawMarkers();
+  } else if (state.stroke) {
+    const at = imagePoint(event);
+    paint(state.stroke, at);
+    state.stroke = at;
+    drawMarkers();
+  }
+}
+
+function onPointerUp() {
+  if (state.drag) {
+    const [x0, y0, x1, y1] = ordered(state.drag).map(Math.round);
+    state.box = x1 - x0 >= 2 && y1 - y0 >= 2 ? [x0, y0, x1, y1] : state.box;  // a click is not a box
+    state.drag = null;
+  }
+  state.stroke = null;
   drawMarkers();
 }
 
@@ -88,9 +175,14 @@ async function onRemove(event) {
   if (!state.file) return;
   const target = {};
   if ($("class").value) target.classes = [$("class").value];
-  if (state.points.length) target.points = state.points;
   const form = new FormData();
   form.append("image", state.file);
+  if (state.painted) {  // a painted mask is filled as painted: alone, with no points or box
+    form.append("mask", await new Promise((done) => state.mask.toBlob(done, "image/png")), "mask.png");
+  } else {
+    if (state.points.length) target.points = state.points;
+    if (state.box) target.box = state.box;
+  }
   form.append("target", JSON.stringify(target));
   form.append("expand", $("expand").value);
   form.append("output", "json");
@@ -126,9 +218,13 @@ async function onRemove(event) {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("file").addEventListener("change", onFile);
-  $("input").addEventListener("click", onClick);
-  $("input").addEventListener("load", drawMarkers);
-  $("clear").addEventListener("click", () => { state.points = []; drawMarkers(); });
+  $("overlay").addEventListener("pointerdown", onPointerDown);
+  $("overlay").addEventListener("pointermove", onPointerMove);
+  $("overlay").addEventListener("pointerup", onPointerUp);
+  $("overlay").addEventListener("pointercancel", onPointerUp);
+  $("input").addEventListener("load", clearSelection);
+  $("clear").addEventListener("click", clearSelection);
+  $("brush").addEventListener("input", () => { $("brush-value").textContent = `${$("brush").value} px`; });
   $("expand").addEventListener("input", () => { $("expand-value").textContent = `${$("expand").value} px`; });
   $("token").addEventListener("change", loadInfo);
   $("controls").addEventListener("submit", onRemove);

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,4 +102,89 @@ def test_a_server_error_is_shown_to_the_user(browser, server, tmp_path):
     expect(page.locator("#error")).to_contain_text("Error 400")
     expect(page.locator("#error")).to_contain_text("not a recognised image")
     expect(page.locator("#result")).to_be_hidden()
+    page.close()
+
+
+# records the form fields of each fetch the page makes (Playwright does not capture multipart bodies with files)
+SPY = """window.__sent = []; const realFetch = window.fetch;
+window.fetch = (url, options) => {
+  if (options && options.body instanceof FormData)
+    window.__sent.push(Object.fromEntries([...options.body.entries()].map(([k, v]) =>
+      [k, typeof v === "string" ? v : `file of ${v.size} bytes`])));
+  return realFetch(url, options);
+};"""
+
+
+def drag(page, box: dict, path: list[tuple[float, float]], size: tuple[int, int]) -> None:
+    """Press, move through `path` (image pixels) and release, on the displayed image `box`."""
+    def screen(x: float, y: float) -> tuple[float, float]:
+        return box["x"] + x * box["width"] / size[0], box["y"] + y * box["height"] / size[1]
+
+    page.mouse.move(*screen(*path[0]))
+    page.mouse.down()
+    for point in path[1:]:
+        page.mouse.move(*screen(*point), steps=8)
+    page.mouse.up()
+
+
+def test_a_painted_mask_is_filled_as_painted(browser, server, tmp_path):
+    """Brush: a horizontal stroke 16 px wide (image pixels) from (100, 200) to (300, 200) is sent as the mask
+    file; the service fills exactly it (a user mask is taken as given), and nothing outside it changes."""
+    image, _ = scene_image(641, 479)
+    file = tmp_path / "scene.png"
+    file.write_bytes(encode(image))
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    page.add_init_script(SPY)
+    problems = []
+    page.on("pageerror", lambda err: problems.append(str(err)))
+    page.goto(server + "/")
+    page.set_input_files("#file", str(file))
+    page.wait_for_function("document.getElementById('input').naturalWidth > 0")
+    page.check("input[name=tool][value=brush]")
+    page.fill("#brush", "16")
+    box = page.locator("#input").bounding_box()
+    drag(page, box, [(100, 200), (200, 200), (300, 200)], (641, 479))
+    expect(page.locator("#points-count")).to_contain_text("a painted mask")
+    page.click("#remove")
+    expect(page.locator("#result")).to_be_visible(timeout=30_000)
+    (sent,) = page.evaluate("window.__sent")
+    assert sent["mask"].startswith("file of") and json.loads(sent["target"]) == {}  # the mask alone
+    mask_src = page.get_attribute("#mask", "src")
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(mask_src.split(",", 1)[1])))) > 0
+    ys, xs = np.nonzero(mask)
+    # the stroke, within a few pixels of screen-to-image rounding: x 92..308, y 192..208
+    assert abs(xs.min() - 92) <= 4 and abs(xs.max() - 308) <= 4 and abs(ys.min() - 192) <= 4, (xs.min(), xs.max())
+    assert abs(ys.max() - 208) <= 4 and mask[200, 100:301].all() and not mask[:150].any() and not mask[260:].any()
+    result = np.asarray(Image.open(io.BytesIO(base64.b64decode(page.get_attribute("#result", "src").split(",")[1]))))
+    assert np.array_equal(result[..., :3][~mask], image[~mask]) and problems == []
+    page.click("#clear")
+    expect(page.locator("#points-count")).to_have_text("")
+    page.close()
+
+
+def test_a_dragged_box_is_sent_as_the_target_box(browser, server, tmp_path):
+    image, _ = scene_image(641, 479)
+    file = tmp_path / "scene.png"
+    file.write_bytes(encode(image))
+    page = browser.new_page(viewport={"width": 1280, "height": 860})
+    page.add_init_script(SPY)
+    page.goto(server + "/")
+    page.set_input_files("#file", str(file))
+    page.wait_for_function("document.getElementById('input').naturalWidth > 0")
+    page.check("input[name=tool][value=box]")
+    box = page.locator("#input").bounding_box()
+    drag(page, box, [(420, 300), (150, 60)], (641, 479))  # dragged up and left: the box is normalized
+    expect(page.locator("#boxmark")).to_be_visible()
+    mark = page.locator("#boxmark").bounding_box()
+    assert abs(mark["width"] - 270 * box["width"] / 641) < 3 and abs(mark["height"] - 240 * box["height"] / 479) < 3
+    page.click("#remove")
+    expect(page.locator("#status")).to_contain_text(re.compile("removed|nothing matched"), timeout=30_000)
+    (sent,) = page.evaluate("window.__sent")
+    target = json.loads(sent["target"])
+    assert "mask" not in sent and "points" not in target
+    assert all(abs(a - b) <= 2 for a, b in zip(target["box"], (150, 60, 420, 300), strict=True)), target
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(page.get_attribute("#mask", "src").split(",")[1])))) > 0
+    if (REAL_MODEL / "model.json").is_file() and mask.any():  # the box selects objects mostly inside it
+        ys, xs = np.nonzero(mask)
+        assert xs.min() >= 150 - 40 and xs.max() <= 420 + 40 and ys.min() >= 60 - 40 and ys.max() <= 300 + 40
     page.close()
