@@ -1,13 +1,16 @@
-"""python benchmarks/load_test.py [--model models/onnx] [--clients 16] [--seconds 60] [--size 512]
+"""python benchmarks/load_test.py [--model models/onnx] [--clients 64] [--seconds 60] [--size 512] [--label NAME]
 
 A load test of the real service on loopback: `bentoml serve serving.service:ObjectRemoval` in a
 subprocess (its model imported from `--model` into a temporary BentoML store), then `--clients`
 concurrent clients post `/remove` requests (test scenes of the built-in data at `--size` px, PNG,
 the default target) back to back for `--seconds`. Reports throughput, p50 / p90 / p99 latency, the
-count of each status code (zero 5xx is required), and the server's resident memory (its whole process
-tree) before the load, after it, and at its peak (sampled every 0.5 s). A few malformed requests are
-mixed in (`--bad-share`) to show that bad input under load is answered 4xx and costs nothing else.
-Writes benchmarks/results/load_test.json.
+count of each status code (zero 5xx is required), the refusals (429 "busy") and whether each one came
+after the request had waited the queue's bound (`OBJREMOVAL_QUEUE_TIMEOUT`, 30 s) or because the queue
+was full (`OBJREMOVAL_MAX_QUEUE`, 64), and the server's resident memory (its whole process tree) after a
+warm-up (`--warmup` s), at the end and at its peak, with a sample every `--sample` s: its growth after
+the warm-up is the leak check. A few malformed requests are mixed in (`--bad-share`) to show that bad
+input under load is answered 4xx and costs nothing else. Writes benchmarks/results/load_test.json, one
+record per `--label`.
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ def scene_pngs(pairs: Path, size: int, count: int) -> list[bytes]:
             .tobytes() for f in files]
 
 
-def client(url: str, bodies: list[bytes], stop: float, bad_every: int, out: list, lock: threading.Lock) -> None:
+def client(url: str, bodies: list[bytes], stop: float, bad_every: int, out: list, refusals: list,
+           lock: threading.Lock) -> None:
     with httpx.Client(timeout=120) as http:
         i = 0
         while time.perf_counter() < stop:
@@ -65,11 +69,16 @@ def client(url: str, bodies: list[bytes], stop: float, bad_every: int, out: list
             files = {"image": ("x.png", b"not an image" if bad else bodies[i % len(bodies)], "image/png")}
             start = time.perf_counter()
             try:
-                status = http.post(f"{url}/remove", files=files).status_code
+                response = http.post(f"{url}/remove", files=files)
+                status = response.status_code
             except httpx.HTTPError as err:
-                status = type(err).__name__
+                status, response = type(err).__name__, None
+            seconds = time.perf_counter() - start
             with lock:
-                out.append((status, time.perf_counter() - start, bool(bad)))
+                out.append((status, seconds, bool(bad)))
+                if status == 429:
+                    refusals.append({"seconds": round(seconds, 2), "retry_after": response.headers.get("Retry-After"),
+                                     "queue_full": "already waiting" in response.json().get("error", "")})
             i += 1
 
 
@@ -77,10 +86,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
     parser.add_argument("--model", default="models/onnx")
     parser.add_argument("--pairs", default="data/pairs")
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--bad-share", type=float, default=0.05, help="share of malformed requests")
+    parser.add_argument("--warmup", type=float, default=30, help="seconds of load before the memory baseline")
+    parser.add_argument("--sample", type=float, default=10, help="seconds between memory samples")
+    parser.add_argument("--queue-timeout", type=int, default=30, help="the server's OBJREMOVAL_QUEUE_TIMEOUT")
+    parser.add_argument("--label", default="64 clients, 60 s")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/load_test.json"))
     args = parser.parse_args()
 
@@ -88,7 +101,8 @@ def main() -> int:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as home:
-        env = {**os.environ, "BENTOML_HOME": home, "BENTOML_DO_NOT_TRACK": "true"}
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("OBJREMOVAL_")}, "BENTOML_HOME": home,
+               "BENTOML_DO_NOT_TRACK": "true", "OBJREMOVAL_QUEUE_TIMEOUT": str(args.queue_timeout)}
         subprocess.run([sys.executable, "-m", "serving.store", args.model], env=env, cwd=REPO, check=True,
                        stdout=subprocess.DEVNULL)
         server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:ObjectRemoval",
@@ -109,17 +123,24 @@ def main() -> int:
             httpx.post(f"{url}/remove", files={"image": ("x.png", bodies[0], "image/png")}, timeout=120)  # warm-up
             rss_before = tree_rss_mib(process)
             results: list = []
+            refusals: list = []
             lock = threading.Lock()
             bad_every = round(1 / args.bad_share) if args.bad_share > 0 else 0
             stop = time.perf_counter() + args.seconds
-            threads = [threading.Thread(target=client, args=(url, bodies, stop, bad_every, results, lock))
+            threads = [threading.Thread(target=client, args=(url, bodies, stop, bad_every, results, refusals, lock))
                        for _ in range(args.clients)]
             start = time.perf_counter()
             for t in threads:
                 t.start()
-            peak = rss_before
+            peak, samples, baseline, next_sample = rss_before, [], None, start
             while any(t.is_alive() for t in threads):
-                peak = max(peak, tree_rss_mib(process))
+                rss, now = tree_rss_mib(process), time.perf_counter()
+                peak = max(peak, rss)
+                if baseline is None and now - start >= args.warmup:
+                    baseline = rss
+                if now >= next_sample:
+                    samples.append((round(now - start), round(rss, 1)))
+                    next_sample += args.sample
                 time.sleep(0.5)
             elapsed = time.perf_counter() - start
             rss_after = tree_rss_mib(process)
@@ -137,7 +158,8 @@ def main() -> int:
         return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1) if ordered else float("nan")
 
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "clients": args.clients,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "load_average_1m_end": round(os.getloadavg()[0], 2),
+        "clients": args.clients,
         "seconds": round(elapsed, 1), "image_size": args.size, "requests": len(results),
         "removals_per_s": round(len(good) / elapsed, 2), "latency_ms": {
             "p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99),
@@ -145,11 +167,23 @@ def main() -> int:
         "status_counts": statuses,
         "server_errors_5xx": sum(n for s, n in statuses.items() if s.startswith("5")),
         "transport_errors": sum(n for s, n in statuses.items() if not s.isdigit()),
-        "server_rss_mib": {"before": round(rss_before, 1), "after": round(rss_after, 1), "peak": round(peak, 1)},
+        "queue_timeout_s": args.queue_timeout,
+        "refusals_429": {"count": len(refusals), "queue_full": sum(r["queue_full"] for r in refusals),
+                         "before_the_bound": sum(not r["queue_full"] and r["seconds"] < args.queue_timeout
+                                                 for r in refusals),
+                         "examples": refusals[:5]},
+        "server_rss_mib": {"before": round(rss_before, 1), "after_warmup": round(baseline or rss_before, 1),
+                           "after": round(rss_after, 1), "peak": round(peak, 1),
+                           "growth_after_warmup_pct": round(100 * (rss_after / (baseline or rss_before) - 1), 1),
+                           "samples_s_mib": samples},
         "server_alive_after": alive,
     }
     print(json.dumps(result, indent=1))
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    out = Path(args.out)
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    records = previous if "machine" not in previous else {}  # the older single-record file is replaced
+    records[args.label] = result
+    out.write_text(json.dumps(records, indent=1) + "\n")
     return 0 if result["server_errors_5xx"] == 0 and result["transport_errors"] == 0 and alive else 1
 
 

@@ -11,7 +11,8 @@ For each API request, in this order:
     4. form      parsed once here (at most 2 files, 8 fields): file fields must be files (BentoML would
                  otherwise fetch a text value as a URL), and each at most once: 400
     5. queue     wait for one of `threads` inference slots, at most `queue_timeout` s and with at most
-                 `max_queue` requests waiting (each holds its body); then 503 with Retry-After
+                 `max_queue` requests waiting (each holds its body); then 429 with Retry-After (not a
+                 5xx: the service is well, only busy)
     6. handler   BentoML's endpoint gets the body as read, holding the slot until its answer is sent
 
 Every error answer, ours or the framework's (404/405 text, pydantic validation, BentoML's `[{"error": ...}]`),
@@ -148,13 +149,13 @@ class Slots:
 
     async def run(self, work: Callable[[], Awaitable[None]]) -> None:
         if self.waiting >= self.max_waiting:
-            raise Refused(503, f"the service is busy: {self.waiting} requests are already waiting (the queue's "
+            raise Refused(429, f"the service is busy: {self.waiting} requests are already waiting (the queue's "
                           "limit); try again later", {"Retry-After": self.retry_after()})
         self.waiting += 1
         try:
             await asyncio.wait_for(self.semaphore.acquire(), self.timeout)
         except TimeoutError:
-            raise Refused(503, f"the service is busy: no inference slot came free within {self.timeout} s; "
+            raise Refused(429, f"the service is busy: no inference slot came free within {self.timeout} s; "
                           "try again later", {"Retry-After": self.retry_after()}) from None
         finally:
             self.waiting -= 1

@@ -534,17 +534,17 @@ def test_openapi_describes_the_endpoints(server):
     assert httpx.get(server + "/static_content/swagger-ui-bundle.js").status_code == 200
 
 
-def test_a_full_queue_is_refused_with_503_and_retry_after(request, tmp_path, photo):
-    """A server whose queue holds 2 requests for at most 1 s: of 12 at once, some are answered 503 with
-    Retry-After (after waiting the full second, or at once when 2 already wait), none 5xx otherwise."""
+def test_a_full_queue_is_refused_with_429_and_retry_after(request, tmp_path, photo):
+    """A server whose queue holds 2 requests for at most 1 s: of 12 at once, some are answered
+    429 with Retry-After (after waiting the full second, or at once when 2 already wait), never a 5xx."""
     png = encode(photo[0])
     with serve(onnx_dir(request), tmp_path, OBJREMOVAL_QUEUE_TIMEOUT="1", OBJREMOVAL_MAX_QUEUE="2",
                PYTHONPATH=without_torch(tmp_path)) as url:
         with httpx.Client(base_url=url, timeout=60) as plain, ThreadPoolExecutor(12) as pool:
             responses = list(pool.map(lambda _: post_remove(plain, png), range(12)))
     statuses = [r.status_code for r in responses]
-    assert set(statuses) == {200, 503}, statuses
-    for refused in (r for r in responses if r.status_code == 503):
+    assert set(statuses) == {200, 429}, statuses
+    for refused in (r for r in responses if r.status_code == 429):
         assert int(refused.headers["Retry-After"]) >= 1 and "busy" in refused.json()["error"]
 
 
