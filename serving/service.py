@@ -15,7 +15,7 @@ Design:
   checks and the Prometheus /metrics.
 - In front of the endpoints, serving/admission.py does what must happen before BentoML parses a body: the
   token, no pickles (415), the body read in full against its byte limit, deadline and minimum rate without
-  holding an inference slot, file fields checked, then a bounded wait for a slot (503 + Retry-After).
+  holding an inference slot, file fields checked, then a bounded wait for a slot (429 + Retry-After).
 - Images are checked against the pixel limit before decoding (components.images); every refusal is a 4xx
   with `{"error": "..."}` naming the problem. An unexpected failure is logged and answered 500.
 """
