@@ -1,4 +1,5 @@
 """python -m pipelines.predict INPUT OUTPUT [--model models/onnx] [--backend onnx|torch] [--classes person ...]
+       [--points X,Y ...] [--box X0,Y0,X1,Y1] [--mask FILE] [--expand PX]
 
 Object removal without a server: a Python API and a batch command line over the same inference path as
 the service (components.inference).
@@ -11,6 +12,12 @@ the service (components.inference).
 input's transparency if it had any) and `OUTPUT/<name>.mask.png` (what was filled, white) are written,
 and `OUTPUT/summary.jsonl` gets one line per image. An image that cannot be read or processed is named
 on stderr and skipped; the exit status is 1 when any was.
+
+What to remove (the same choices as the API's `Target`): by default every instance of the model's default
+classes; `--classes` names others; `--points` takes the instance under each click (x, y in the image's
+pixels), `--box` the instances mostly inside it (both restricted to `--classes` when given); `--mask FILE`
+fills exactly the white (> 127) pixels of an image of the input's size (a `<name>.mask.png` written here
+works), alone. Points, a box and a mask apply to every input image, so a folder must hold images of one size.
 
 Models: the ONNX export (`models/onnx`, stage `export`) on ONNX Runtime, or `--backend torch` with a
 joint checkpoint (`models/joint/best.ckpt` or its folder) on PyTorch.
@@ -91,10 +98,42 @@ def image_files(source: Path) -> list[Path]:
     return sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def numbers(text: str, count: int, flag: str) -> tuple[float, ...]:
+    """`count` comma-separated numbers ("120,80"), or an error naming the flag and the value."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        form = {2: "X,Y", 4: "X0,Y0,X1,Y1"}[count]
+        raise argparse.ArgumentTypeError(f"{flag} takes {form} ({count} numbers), got {text!r}")
+    return values
+
+
+def read_mask(path: Path, max_pixels: int) -> np.ndarray:
+    """(H, W) bool from an image file: white (> 127 in gray) = fill."""
+    try:
+        decoded = read_image_file(path, max_pixels)
+    except (ImageError, FileNotFoundError) as err:  # their messages name the file
+        raise ValueError(f"--mask: {err}") from None
+    return decoded.rgb.mean(axis=2) > 127
+
+
+def cli_target(args: argparse.Namespace) -> Target:
+    """The Target of the command line's selection flags; a mask with other selections is an error."""
+    if args.mask is not None and (args.classes or args.points or args.box):
+        raise ValueError("--mask fills exactly the mask: it cannot be combined with --classes, --points or --box")
+    mask = read_mask(args.mask, args.max_pixels) if args.mask is not None else None
+    return Target(classes=tuple(args.classes), points=tuple(args.points or ()), box=args.box, mask=mask)
+
+
 def process(remover: ObjectRemover, file: Path, output: Path, target: Target, expand_px: int,
             max_pixels: int) -> dict:
     decoded: DecodedImage = read_image_file(file, max_pixels)
-    result = remover.remove(decoded.rgb, target, expand_px)
+    try:
+        result = remover.remove(decoded.rgb, target, expand_px)
+    except TargetError as err:  # a point, box or mask that does not fit this image
+        raise TargetError(f"{err} (the {'--mask file' if target.mask is not None else 'selection'} given)") from None
     (output / f"{file.stem}.png").write_bytes(encode_png(result.image, decoded.alpha))
     (output / f"{file.stem}.mask.png").write_bytes(mask_png(result.mask))
     return {"input": str(file), "output": str(output / f"{file.stem}.png"), "bbox": result.bbox,
@@ -109,6 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="models/onnx", help="ONNX export folder, or a joint checkpoint (torch)")
     parser.add_argument("--backend", choices=["onnx", "torch"], default="onnx")
     parser.add_argument("--classes", nargs="+", default=(), help="class names to remove (default: the model's)")
+    parser.add_argument("--points", nargs="+", metavar="X,Y", type=lambda t: numbers(t, 2, "--points"),
+                        help="remove the instance under each point (image pixels)")
+    parser.add_argument("--box", metavar="X0,Y0,X1,Y1", type=lambda t: numbers(t, 4, "--box"),
+                        help="remove the instances mostly inside the box")
+    parser.add_argument("--mask", type=Path, metavar="FILE",
+                        help="fill exactly this mask (white = fill; the input's size), alone")
     parser.add_argument("--expand", type=int, default=0, help="extra dilation (> 0) or erosion (< 0), pixels")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are refused")
     args = parser.parse_args(argv)
@@ -116,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         files = image_files(args.input)
         remover = load_remover(args.model, args.backend)
-        target = Target(classes=tuple(args.classes))
+        target = cli_target(args)
         if target.classes:  # an unknown class fails before any image is read
-            check_inputs(np.zeros((1, 1, 3), np.uint8), target, args.expand, remover.info)
+            check_inputs(np.zeros((1, 1, 3), np.uint8), Target(classes=target.classes), args.expand, remover.info)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

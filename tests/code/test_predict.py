@@ -79,3 +79,66 @@ def test_the_batch_command_refuses_an_unknown_class_before_reading_images(model_
     assert main([str(tmp_path), str(tmp_path / "out"), "--model", model_dir, "--classes", "unicorn"]) == 2
     assert not (tmp_path / "out").exists()
     assert main([str(tmp_path / "missing"), str(tmp_path / "out"), "--model", model_dir]) == 2
+
+
+def object_scene(exported, model_dir: str) -> tuple[np.ndarray, object]:
+    """A test pair of the tiny pipeline (96 x 96) in which the exported model finds an object: (image, the
+    largest Segment). Other tests select it by a point or a box, so what they check is not an empty mask."""
+    remover = load_remover(model_dir)
+    pairs = Path(exported[0]["paths"]["pairs"]) / "test"
+    for line in (pairs / "manifest.jsonl").read_text().splitlines():
+        image = np.asarray(Image.open(pairs / json.loads(line)["files"]["images"]).convert("RGB"))
+        image = cv2.resize(image, (96, 96), interpolation=cv2.INTER_NEAREST)
+        segments = [s for s in remover.segment(image) if s.mask.sum() >= 20]
+        if segments:
+            return image, max(segments, key=lambda s: s.mask.sum())
+    raise AssertionError("the tiny model finds no object in any test pair")
+
+
+def test_the_batch_command_takes_points_a_box_and_a_mask_file(exported, model_dir, tmp_path, capsys):
+    """--points, --box and --mask reach the inference path as the API's Target does (same masks, bit for bit),
+    on a test pair of the tiny model where it finds an object; bad values are named."""
+    image, segment = object_scene(exported, model_dir)
+    ys, xs = np.nonzero(segment.mask)
+    inside = int(np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2))
+    point = (int(xs[inside]), int(ys[inside]))
+    x0, y0, x1, y1 = segment.bbox
+    Image.fromarray(image).save(tmp_path / "scene.png")
+    user_mask = np.zeros(image.shape[:2], bool)
+    user_mask[10:30, 40:70] = True
+    Image.fromarray(user_mask.astype(np.uint8) * 255).save(tmp_path / "user.png")
+
+    def cli(name: str, *flags: str) -> np.ndarray:
+        out = tmp_path / name
+        assert main([str(tmp_path / "scene.png"), str(out), "--model", model_dir, *flags]) == 0
+        return np.asarray(Image.open(out / "scene.mask.png")) == 255
+
+    by_point = cli("point", "--points", f"{point[0]},{point[1]}")
+    np.testing.assert_array_equal(by_point, remove(image, Target(points=(point,)), model=model_dir).mask)
+    assert by_point[point[1], point[0]] and by_point.sum() >= 20
+    by_box = cli("box", "--box", f"{x0},{y0},{x1},{y1}")
+    np.testing.assert_array_equal(by_box, remove(image, Target(box=(x0, y0, x1, y1)), model=model_dir).mask)
+    assert by_box[segment.mask].mean() > 0.5
+    by_mask = cli("mask", "--mask", str(tmp_path / "user.png"))
+    np.testing.assert_array_equal(by_mask, user_mask)  # exactly the mask file's white pixels
+    result = np.asarray(Image.open(tmp_path / "mask" / "scene.png").convert("RGB"))
+    np.testing.assert_array_equal(result[~user_mask], image[~user_mask])
+
+    def fails(*flags: str) -> str:  # in this process: the exit status, and what went to stderr
+        capsys.readouterr()
+        try:
+            status = main([str(tmp_path / "scene.png"), str(tmp_path / "bad"), "--model", model_dir, *flags])
+        except SystemExit as exit:  # argparse's refusal of a flag's value
+            status = exit.code
+        assert status in (1, 2)
+        return capsys.readouterr().err
+
+    assert "--points takes X,Y (2 numbers), got '12'" in fails("--points", "12")
+    assert "--box takes X0,Y0,X1,Y1 (4 numbers), got '1,2,3'" in fails("--box", "1,2,3")
+    assert "--mask fills exactly the mask: it cannot be combined with" in fails("--mask", str(tmp_path / "user.png"),
+                                                                              "--box", "1,2,30,40")
+    assert f"--mask: image file not found: {tmp_path / 'none.png'}" in fails("--mask", str(tmp_path / "none.png"))
+    assert "point (500, 5) is outside the 96x96 image (the selection given)" in fails("--points", "500,5")
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(tmp_path / "small.png")
+    small = fails("--mask", str(tmp_path / "small.png"))
+    assert "mask is 12x10 but the image is 96x96 (the --mask file given)" in small
