@@ -14,28 +14,54 @@ version) and `champion` (the one to serve). Every step is safe to repeat after a
   registration (or the flow's next start) marks it KILLED instead of leaving it RUNNING.
 - `promote` reads the metric from the versions' own tags (written at registration), so a re-run
   decides the same way; the decision is recorded as tags on the challenger.
+
+Each version is an **MLflow model** (pyfunc flavour, `pipelines/mlflow_model.py`): the export's files as its
+artifacts, a copy of `components/` (the inference code that goes with them), a signature (an image and a
+target in, the result and the mask out), the evaluation's metrics on the `register` run that logged it and
+its headline in the model's metadata, and tag `training_run` naming the joint fine-tuning's MLflow run. So
+`mlflow.pyfunc.load_model("models:/object-removal@champion")` and `mlflow models serve` work on it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as installed_version
 from pathlib import Path
 
 import mlflow
+import mlflow.pyfunc
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.models.signature import ModelSignature
+from mlflow.types.schema import Array, ColSpec, Schema
 
-from components.export_contract import FILES
+from components.export_contract import FILES, MODEL_JSON
 from pipelines.tracking import kill_orphaned_runs, owner_tags
 from serving.store import fingerprint  # the export's identity, also its BentoML model's version
 
 log = logging.getLogger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
 ARTIFACT_PATH = "model"
+MODEL_FILES = "artifacts"  # where an MLflow model keeps its artifacts: the export's files
+REPO = Path(__file__).resolve().parents[1]
+PYFUNC_SCRIPT = REPO / "pipelines" / "mlflow_model.py"
+# columns of the pyfunc model (pipelines/mlflow_model.py): the fields of components.inference.Target
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("binary", "image"), ColSpec(Array("string"), "classes", required=False),
+                   ColSpec(Array(Array("double")), "points", required=False),
+                   ColSpec(Array("double"), "box", required=False), ColSpec("binary", "mask", required=False),
+                   ColSpec("long", "expand", required=False)]),
+    outputs=Schema([ColSpec("binary", "image"), ColSpec("binary", "mask"), ColSpec("long", "removed_pixels")]),
+)
+# what the pyfunc model imports (through components/), pinned to this environment's versions
+REQUIREMENTS = ("mlflow", "onnxruntime", "numpy", "pandas", "pillow", "opencv-python-headless", "scipy",
+                "pycocotools")
 
 
 @dataclass(frozen=True)
@@ -60,14 +86,67 @@ def metric_value(metrics: dict, key: str) -> float:
     return float(value)
 
 
+def files_uri(source: str) -> str:
+    """Where a version's export files are: the `artifacts/` folder of its MLflow model, or the source itself
+    for versions registered before they were MLflow models."""
+    try:
+        names = {Path(f.path).name for f in mlflow.artifacts.list_artifacts(artifact_uri=source)}
+    except (MlflowException, OSError):
+        return source
+    return f"{source}/{MODEL_FILES}" if "MLmodel" in names else source
+
+
 def files_present(version: ModelVersion) -> bool:
     """The version's three files are in the artifact store."""
     try:
-        listed = mlflow.artifacts.list_artifacts(artifact_uri=version.source)
+        listed = mlflow.artifacts.list_artifacts(artifact_uri=files_uri(version.source))
     except (MlflowException, OSError):
         return False
     names = {Path(f.path).name for f in listed if not f.is_dir}
     return set(FILES) <= names
+
+
+def flat(metrics: dict, prefix: str = "") -> dict[str, float]:
+    """Nested numbers as MLflow metrics ("methods.joint_mel.all.psnr"); other values are left out."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat(value, f"{name}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def pinned(packages: tuple[str, ...]) -> list[str]:
+    requirements = []
+    for package in packages:
+        try:
+            requirements.append(f"{package}=={installed_version(package)}")
+        except PackageNotFoundError:
+            requirements.append(package)
+    return requirements
+
+
+def save_mlflow_model(onnx_dir: Path, folder: Path, metadata: dict) -> None:
+    """The export as an MLflow pyfunc model in `folder` (models from code: pipelines/mlflow_model.py)."""
+    mlflow.pyfunc.save_model(
+        str(folder), python_model=str(PYFUNC_SCRIPT), artifacts={name: str(onnx_dir / name) for name in FILES},
+        code_paths=[str(REPO / "components")], signature=SIGNATURE, pip_requirements=pinned(REQUIREMENTS),
+        metadata=metadata)
+
+
+def training_run(onnx_dir: Path) -> str | None:
+    """The MLflow run of the training that made the export: `mlflow_run_id` in the JSON beside the checkpoint
+    that model.json names as its source (None when that file is not here)."""
+    source = json.loads((onnx_dir / MODEL_JSON).read_text()).get("source")
+    if not source:
+        return None
+    for info in Path(source).parent.glob("*.json"):
+        with_run = json.loads(info.read_text())
+        if isinstance(with_run, dict) and with_run.get("mlflow_run_id"):
+            return str(with_run["mlflow_run_id"])
+    return None
 
 
 def by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
@@ -103,15 +182,22 @@ def register(client: MlflowClient, name: str, experiment_id: str, onnx_dir: Path
         # the run (fluent API) in the client's store, with the version: not in whatever store was set last
         mlflow.set_tracking_uri(client.tracking_uri)
         kill_orphaned_runs(client, experiment_id, "register")  # a register run whose process died: KILLED
+        trained_by = training_run(onnx_dir)
+        link = {"training_run": trained_by} if trained_by else {}
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{time.strftime('%Y%m%d-%H%M%S')}",
                               parent_run_id=parent_run_id, nested=mlflow.active_run() is not None,
-                              tags={"stage": "register", **tags, **owner_tags()}) as run:
-            mlflow.log_artifacts(str(onnx_dir), ARTIFACT_PATH)
+                              tags={"stage": "register", **tags, **link, **owner_tags()}) as run:
+            with tempfile.TemporaryDirectory() as tmp:
+                headline = {k: v for k, v in flat(metrics).items() if k.startswith("methods.joint_mel.all.")}
+                save_mlflow_model(onnx_dir, Path(tmp) / ARTIFACT_PATH,
+                                  {"metric": metric, "metric_value": value, "evaluation": headline})
+                mlflow.log_artifacts(str(Path(tmp) / ARTIFACT_PATH), ARTIFACT_PATH)
             mlflow.log_artifact(str(metrics_file), "evaluation")
+            mlflow.log_metrics({key.replace("/", "_"): v for key, v in flat(metrics).items()})
             mlflow.log_metric(metric.replace("/", "_"), value)
         version = client.create_model_version(
             name, source=f"{run.info.artifact_uri}/{ARTIFACT_PATH}", run_id=run.info.run_id,
-            tags={"fingerprint": identity, "metric": metric, "metric_value": repr(value), **tags},
+            tags={"fingerprint": identity, "metric": metric, "metric_value": repr(value), **tags, **link},
             description=f"{metric} = {value:.4f}")
         if not files_present(version):
             raise RuntimeError(f"version {version.version} of {name}: files not found at {version.source}")
@@ -156,7 +242,8 @@ def download_champion(client: MlflowClient, name: str, destination: Path) -> tup
     champion = by_alias(client, name, CHAMPION)
     if champion is None:
         raise RuntimeError(f"{name} has no champion")
-    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=champion.source, dst_path=str(destination)))
+    folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=files_uri(champion.source),
+                                                       dst_path=str(destination)))
     missing = [f for f in FILES if not (folder / f).is_file()]
     if missing:
         raise FileNotFoundError(f"the champion (version {champion.version}) lacks {missing} at {champion.source}")

@@ -301,3 +301,83 @@ def test_prefect_yaml_deploys_to_a_work_pool(harness, tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     deployed = deployments(harness)["scheduled-retrain"]
     assert deployed == {"schedules": ["0 3 * * 1"], "pool": "objremoval", "entrypoint": "pipelines/retrain.py:retrain"}
+
+
+def test_the_champion_is_an_mlflow_model_that_removes_an_object_and_mlflow_serves_it(store, exported, tmp_path,
+                                                                                        monkeypatch):
+    """`mlflow.pyfunc.load_model("models:/object-removal@champion")` predicts through the one inference path
+    (the same mask and result as the ONNX remover, bit for bit); `mlflow models serve` answers the same."""
+    import base64
+    import io
+
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from pipelines.predict import load_remover
+    from tests.code.test_predict import object_scene
+    from tests.code.test_service import encode, free_port
+
+    client, _ = store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)  # `models:/` URIs: this store
+    mlflow.set_tracking_uri(client.tracking_uri)
+    publish(store, exported, tmp_path, "a", 24.0)
+    champion = client.get_model_version_by_alias(NAME, "champion")
+    trained = json.loads((Path(exported[0]["paths"]["joint"]) / "joint.json").read_text())["mlflow_run_id"]
+    assert champion.tags["training_run"] == trained  # linked to the run that trained it
+    register_run = client.get_run(champion.run_id)  # the run that logged it carries the evaluation's metrics
+    assert register_run.data.metrics["methods.joint_mel.all.psnr"] == 24.0
+
+    image, segment = object_scene(exported, exported[0]["paths"]["onnx"])
+    ys, xs = np.nonzero(segment.mask)
+    point = [float(xs[len(xs) // 2]), float(ys[len(ys) // 2])]
+    direct = load_remover(exported[0]["paths"]["onnx"]).remove(image, _target(point))
+    assert direct.mask.sum() >= 20
+
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    assert model.metadata.signature.inputs.input_names()[:2] == ["image", "classes"]
+    assert model.metadata.metadata["metric_value"] == 24.0
+    out = model.predict(pd.DataFrame([{"image": encode(image), "points": [point]}]))
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(out.loc[0, "mask"]))) == 255, direct.mask)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(out.loc[0, "image"]))), direct.image)
+    assert out.loc[0, "removed_pixels"] == direct.mask.sum()
+    with pytest.raises(ValueError, match=r"row 0: point \(500, 5\) is outside the 96x96 image"):
+        model.predict(pd.DataFrame([{"image": encode(image), "points": [[500.0, 5.0]]}]))
+
+    port = free_port()
+    log = tmp_path / "mlflow-serve.log"
+    with log.open("wb") as sink:
+        server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion",
+                                   "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
+                                  env={**os.environ, "MLFLOW_TRACKING_URI": client.tracking_uri,  # it execs uvicorn
+                                       "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+                                  stdout=sink,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        body = {"dataframe_split": {"columns": ["image", "points"],
+                                    "data": [[base64.b64encode(encode(image)).decode(), [point]]]}}
+        answer = httpx.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=60)
+        assert answer.status_code == 200, answer.text
+        [row] = answer.json()["predictions"]
+        served = np.asarray(Image.open(io.BytesIO(base64.b64decode(row["mask"])))) == 255
+        np.testing.assert_array_equal(served, direct.mask)
+        assert row["removed_pixels"] == direct.mask.sum()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(30)
+
+
+def _target(point: list[float]):
+    from components.inference import Target
+
+    return Target(points=(tuple(point),))
