@@ -2,6 +2,7 @@
 #   make run    virtual environment + locked install, then the retraining flow on the built-in data: every DVC
 #               stage, the MLflow registry (champion/challenger), the champion's Bento
 #   make serve  the champion's Bento on http://127.0.0.1:3000 (HOST=..., PORT=...)
+#   make ui     the MLflow UI on http://127.0.0.1:5000 (UI_PORT=...); make prefect-ui: Prefect's, 4200 (PREFECT_PORT)
 #   make test   virtual environment + locked install, then the test suite
 # `make lock` re-resolves requirements.lock from pyproject.toml (needs uv; seconds).
 
@@ -29,6 +30,9 @@ CHROMIUM ?= /usr/bin/chromium
 CHAMPION_FILE ?= models/champion/champion.json
 HOST ?= 127.0.0.1
 PORT ?= 3000
+# `make ui` (MLflow) and `make prefect-ui` (Prefect), on HOST too
+UI_PORT ?= 5000
+PREFECT_PORT ?= 4200
 
 # `make plots`: `dvc plots show` as a page that renders offline (scripts from the npm registry, in plots/)
 PLOTS := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))plots
@@ -51,7 +55,7 @@ browser:
 		|| echo "Chromium not installed: the web page test skips (CI=true makes it fail)"
 
 run: install
-	$(BIN)/python -m pipelines.retrain
+	$(BIN)/python -m pipelines.retrain --host $(HOST) --port $(PORT) --ui-port $(UI_PORT) --prefect-port $(PREFECT_PORT)
 	$(BIN)/dvc status
 
 # The current champion's Bento (a pinned model version; /info names it) on http://$(HOST):$(PORT)
@@ -65,11 +69,11 @@ test: install browser
 
 # The MLflow UI on the embedded store (runs of each pipeline execution grouped under its flow run; the registry)
 ui: install
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host $(HOST) --port $(UI_PORT)
 
 # The Prefect UI on Prefect's local database ($$PREFECT_HOME, default ~/.prefect): the flow runs of `make run`
 prefect-ui: install
-	$(BIN)/prefect server start --host $(HOST) --port 4200
+	$(BIN)/prefect server start --host $(HOST) --port $(PREFECT_PORT)
 
 # dvc plots show with a local template: vega, vega-lite, vega-embed installed from npm (plots/package-lock.json)
 # and copied beside the page, so $(PLOTS_OUT)/index.html draws its charts without internet

@@ -23,9 +23,26 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class DropMessages(logging.Filter):
+    """Drops a logger's records whose message starts with one of `prefixes` (known, harmless noise)."""
+
+    def __init__(self, *prefixes: str):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints its own lines already
+    # Third-party noise in the stages' logs: the ONNX exporter's optimizer and rewriter log each pass at INFO,
+    # and its op registry warns once per torchvision op that torchvision (which no model here uses) is missing.
+    for name in ("onnxscript", "onnx_ir"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("torch.onnx._internal.exporter._registration").addFilter(
+        DropMessages("torchvision is not installed"))
     # albumentations asks a package index for updates at import unless told not to; stages run offline.
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -77,6 +94,14 @@ def write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     tmp.replace(path)
+
+
+def write_headline(reports: Path, stage: str, values: dict[str, Any]) -> None:
+    """`<reports>/headline/<stage>.json`: the few numbers of a stage that `dvc metrics show` prints (the
+    files dvc.yaml declares as metrics; the stages' full tables are plain outputs), floats to 4 digits.
+    Stages share the names of what they share (`psnr`, `mask_iou`, ...), so the table stays narrow."""
+    write_json(Path(reports) / "headline" / f"{stage}.json",
+               {key: round(value, 4) if isinstance(value, float) else value for key, value in values.items()})
 
 
 @contextlib.contextmanager

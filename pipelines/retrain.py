@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -55,6 +56,11 @@ from pipelines.tracking import PIPELINE_RUN_ENV, kill_orphaned_runs, start_stage
 EXPERIMENT = "object-removal"  # the stages' experiment
 CHAMPION_FILE = Path("models/champion/champion.json")
 DEFAULT_CRON = "0 3 * * 1"  # Mondays 03:00
+
+
+# DVC's hints after a repro: about git and remotes, which the flow handles (or leaves to the user) itself
+DVC_HINTS = ("Use `dvc push` to send your updates", "To track the changes with git, run:", "git add ",
+             "To enable auto staging, run:", "dvc config core.autostage true")
 
 
 class StageFailed(RuntimeError):
@@ -90,9 +96,9 @@ def repro(stage: str, repo: str, env: dict[str, str]) -> str:
     with subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--single-item", stage], cwd=repo,
                           env={**os.environ, "PATH": path, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, errors="replace") as process:
-        for line in process.stdout:  # the stage's own log as it happens; progress bars are left out
+        for line in process.stdout:  # the stage's own log as it happens; progress bars and DVC's hints left out
             lines.append(line.rstrip())
-            if line.strip() and "━" not in line:
+            if line.strip() and "━" not in line and not line.strip().startswith(DVC_HINTS):
                 logger.info("%s", line.rstrip())
     output = "\n".join(lines)
     if process.returncode != 0:
@@ -180,22 +186,51 @@ def retrain(repo: str = ".", params_file: str = "params.yaml") -> dict:
                          "promoted": str(decision.promoted), "promotion": decision.reason[:500]})
     summary = {"stages": outcome, "registered_version": version, "promoted": decision.promoted,
                "champion_version": decision.champion, "reason": decision.reason, "bento": bento["bento"],
-               "mlflow_run": parent.run_id, "tracking_uri": uri}
-    print(next_steps(summary, r.metric, bento))
+               "metric": r.metric, "metric_value": bento["metric_value"], "mlflow_run": parent.run_id,
+               "tracking_uri": uri, "repo": str(root)}
     return summary
 
 
-def next_steps(summary: dict, metric: str, bento: dict) -> str:
-    store = summary["tracking_uri"]
+@dataclass(frozen=True)
+class Ports:
+    """Where the printed next steps serve: the Makefile's HOST, PORT, UI_PORT and PREFECT_PORT."""
+
+    host: str = "127.0.0.1"
+    serve: int = 3000
+    ui: int = 5000
+    prefect: int = 4200
+
+
+def next_steps(summary: dict, ports: Ports = Ports()) -> str:
+    """What to do after a run, as commands that run as printed from the repository: make targets with the
+    ports given, or the environment's own executables by absolute path (no activated venv needed)."""
+    bin_dir, store, tag, host = Path(sys.executable).parent, summary["tracking_uri"], summary["bento"], ports.host
+
+    default = Ports()
+
+    def make(target: str, port_variable: str, port: int, default_port: int) -> str:
+        """`make <target>`, with the Makefile variables that differ from their defaults."""
+        changed = [f"HOST={host}"] if host != default.host else []
+        changed += [f"{port_variable}={port}"] if port != default_port else []
+        return " ".join(["make", target, *changed])
+
+    mlflow_ui = (f"{bin_dir / 'mlflow'} ui --backend-store-uri {store} --host {host} --port {ports.ui}"
+                 if store.startswith(("sqlite:", "file:", "/")) else f"open {store}")
     return "\n".join([
         f"Registered version {summary['registered_version']}; "
         f"{'promoted to champion' if summary['promoted'] else 'the champion stays'} ({summary['reason']}).",
-        f"Champion: version {summary['champion_version']}, {metric} = {bento['metric_value']:.4f}, "
-        f"Bento {bento['bento']}.",
-        "Next:",
-        f"  mlflow ui --backend-store-uri {store} --port 5000     # runs, metrics, models: http://127.0.0.1:5000",
-        f"  make serve     # the champion's Bento ({bento['bento']}) on http://127.0.0.1:3000",
-        "  open http://127.0.0.1:3000/        # the web page: upload a photo, click an object, Remove",
+        f"Champion: version {summary['champion_version']}, {summary['metric']} = {summary['metric_value']:.4f}, "
+        f"Bento {tag}.",
+        f"Next, in {summary['repo']}:",
+        f"  {make('serve', 'PORT', ports.serve, default.serve):<40} # the champion's Bento; then its web page: "
+        f"open http://{host}:{ports.serve}/",
+        f"  {make('ui', 'UI_PORT', ports.ui, default.ui):<40} # MLflow: runs, metrics, registered versions on "
+        f"http://{host}:{ports.ui}",
+        f"  {make('prefect-ui', 'PREFECT_PORT', ports.prefect, default.prefect):<40} # Prefect: the flow's runs on "
+        f"http://{host}:{ports.prefect}/runs",
+        "The same without make:",
+        f"  {bin_dir / 'bentoml'} serve {tag} --host {host} --port {ports.serve}",
+        f"  {mlflow_ui}",
     ])
 
 
@@ -209,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", default=".", help="the repository (dvc.yaml, params.yaml)")
     parser.add_argument("--cron", default=DEFAULT_CRON, help="serve: the schedule (cron, UTC)")
     parser.add_argument("--name", default="scheduled-retrain", help="serve: the deployment's name")
+    parser.add_argument("--host", default=Ports.host, help="run: the host of the printed next steps")
+    parser.add_argument("--port", type=int, default=Ports.serve, help="run: `make serve`'s port (PORT)")
+    parser.add_argument("--ui-port", type=int, default=Ports.ui, help="run: `make ui`'s port (UI_PORT)")
+    parser.add_argument("--prefect-port", type=int, default=Ports.prefect, help="run: `make prefect-ui`'s port")
     args = parser.parse_args(argv)
     if args.command == "stages":
         print("\n".join(stage_order(Path(args.repo))))
@@ -225,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
             retrain.serve(name=args.name, cron=args.cron, parameters={"repo": str(Path(args.repo).resolve())})
             return 0
         state = retrain(repo=args.repo, return_state=True)
-    return 0 if state.is_completed() else 1
+    if not state.is_completed():
+        return 1
+    print(next_steps(state.result(), Ports(args.host, args.port, args.ui_port, args.prefect_port)))  # after the log
+    return 0
 
 
 if __name__ == "__main__":

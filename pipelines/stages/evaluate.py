@@ -2,7 +2,8 @@
 
 Stage `evaluate`: every method (pipelines/evaluation.py) on the held-out `evaluate.split` pairs, by
 mask-ratio bucket, plus the paper's Table I (the true mask eroded / dilated, pretrained inpainters).
-Writes `reports/metrics.json` (`dvc metrics show / diff`), `reports/plots/evaluate_buckets.json` and
+Writes `reports/metrics.json` (the full table; its headline, `reports/headline/evaluate.json`, is the DVC
+metric: the joint model on the whole split), `reports/plots/evaluate_buckets.json` and
 `reports/plots/table1.json` (`dvc plots show`), `reports/samples.png` (best / median / worst pairs)
 and `reports/evaluation.md`; logs all of it to an MLflow run. LPIPS and FID run only when their
 weights are local files named in `evaluate.*`; otherwise the report says they were skipped and why.
@@ -18,10 +19,10 @@ import cv2
 import mlflow
 from torch.utils.data import DataLoader
 
-from components.torch_backend import TorchBackend
 from components.perceptual_metrics import load_inception, load_lpips
+from components.torch_backend import TorchBackend
 from pipelines.checkpoints import inpainters_from, read_checkpoint, segmenter_from
-from pipelines.common import params_hash, stage_main, write_json
+from pipelines.common import params_hash, stage_main, write_headline, write_json
 from pipelines.data import PairsDataset, pairs_config
 from pipelines.evaluation import (
     PER_PAIR,
@@ -98,6 +99,10 @@ def run(params: Params, experiment: str = "object-removal") -> dict:
     section = {"evaluate": p.model_dump(mode="json"), "networks": params.networks.model_dump(mode="json")}
     with start_stage_run(experiment, STAGE, section) as tracked:
         write_json(reports / "metrics.json", metrics)
+        joint = metrics["methods"]["joint_mel"]["all"]  # the joint model on the whole test split
+        write_headline(reports, STAGE, {"psnr": joint["psnr"], "ssim": joint["ssim"], "psnr_mask": joint["psnr_mask"],
+                                        "mask_iou": joint["iou"], "coverage": joint["coverage"],
+                                        "clean": joint["clean"]})
         write_json(reports / "plots" / "evaluate_buckets.json", by_bucket)
         write_json(reports / "plots" / "evaluate_clean.json", clean)
         write_json(reports / "plots" / "table1.json", table1)

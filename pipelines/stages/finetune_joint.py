@@ -96,7 +96,9 @@ def build(params: Params, ablation: bool = False, load_weights: bool = True) -> 
                      "joint": asdict(module.joint)},
                     {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],
                      "target_classes": targets, "image_size": nets.image_size, "canny_sigma": pi.canny_sigma},
-                    inputs=inputs, baseline=True)
+                    inputs=inputs, baseline=True,
+                    headline={"psnr": "val_psnr", "ssim": "val_ssim", "psnr_mask": "val_psnr_mask",
+                              "mask_iou": "val_mask_iou", "coverage": "val_coverage"})
 
 
 def run(params: Params, experiment: str = "object-removal", ablation: bool = False) -> dict:

@@ -42,7 +42,8 @@ def build(params: Params) -> StageFit:
                     Path(params.paths.reports), "val/psnr_mask", "inpainter", asdict(config),
                     {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],
                      "image_size": nets.image_size, "canny_sigma": p.canny_sigma},
-                    random_mask_epochs=p.random_mask_epochs)
+                    random_mask_epochs=p.random_mask_epochs,
+                    headline={"psnr": "val_psnr", "ssim": "val_ssim", "psnr_mask": "val_psnr_mask"})
 
 
 def run(params: Params, experiment: str = "object-removal") -> dict:

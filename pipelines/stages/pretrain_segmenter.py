@@ -43,7 +43,8 @@ def build(params: Params) -> StageFit:
     return StageFit(STAGE, section, module, data, params.trainer, p.epochs, Path(params.paths.segmenter),
                     Path(params.paths.reports), "val/mask_iou", "segmenter", asdict(config),
                     {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],
-                     "target_classes": targets, "image_size": nets.image_size})
+                     "target_classes": targets, "image_size": nets.image_size},
+                    headline={"mask_iou": "val_mask_iou", "target_iou": "val_target_iou"})
 
 
 def run(params: Params, experiment: str = "object-removal") -> dict:

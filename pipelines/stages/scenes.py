@@ -32,6 +32,7 @@ from pipelines.common import (
     process_pool,
     stage_main,
     stage_seed,
+    write_headline,
     write_json,
 )
 from pipelines.params import Params
@@ -112,6 +113,7 @@ def run(params: Params) -> dict:
     per_category = {c["name"]: sum(a["category_id"] == c["id"] for a in things) for c in thing_cats}
     metrics = {"images": len(images), "instances": per_category, "crowd": sum(a["iscrowd"] for a in things)}
     write_json(Path(params.paths.reports) / "scenes.json", metrics)
+    write_headline(params.paths.reports, "scenes", {"images": len(images), "objects": len(things)})
     log.info("wrote %d scenes to %s: %s", len(images), out, metrics)
     return metrics
 

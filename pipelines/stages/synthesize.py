@@ -3,7 +3,8 @@
 Stage `synthesize`: copy-paste training pairs from the COCO-format root in `dataset` (the
 built-in scenes by default, real COCO when params point there). Writes, under `paths.pairs`:
 `{train,val,test}/{images,backgrounds,masks,segs,bg_segs}/NNNNNN.png`, a `manifest.jsonl` per split
-and `summary.json`; the counts also go to `reports/synthesize.json` as DVC metrics. The output
+and `summary.json`; the counts also go to `reports/synthesize.json` (the pair counts per split to the DVC metric
+`reports/headline/synthesize.json`). The output
 folder is replaced only when the whole stage succeeds.
 """
 
@@ -25,6 +26,7 @@ from pipelines.common import (
     process_pool,
     stage_main,
     stage_seed,
+    write_headline,
     write_json,
 )
 from pipelines.params import Params
@@ -87,6 +89,7 @@ def run(params: Params) -> dict:
     metrics["skipped_annotations"] = sum(summary["skipped"].values())
     metrics["dropped_pairs"] = n_dropped
     write_json(Path(params.paths.reports) / "synthesize.json", metrics)
+    write_headline(params.paths.reports, "synthesize", {f"pairs_{split}": n for split, n in summary["pairs"].items()})
     log.info("pairs %s; skipped %s", summary["pairs"], dict(Counter(summary["skipped"])))
     return summary
 

@@ -11,8 +11,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
+import sys
+import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +26,7 @@ import lightning as L
 import mlflow
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from pipelines.common import git_revision, params_hash, write_json
+from pipelines.common import git_revision, params_hash, write_headline, write_json
 from pipelines.data import EpochSetter
 from pipelines.params import TrainerParams
 from pipelines.tracking import lightning_logger, start_stage_run
@@ -86,22 +90,93 @@ class StartStep(Callback):
 
 
 class EpochMetricsFile(Callback):
-    """At each epoch's end (after its validation), append the epoch's train and val metrics to a JSON
-    list that `dvc plots` draws."""
+    """At each epoch's end (after its validation), the epoch's train and val metrics as one more row of a
+    JSON list that `dvc plots` draws.
+
+    The rows live in the checkpoints too (this callback's `state_dict`, saved in the same
+    `on_train_epoch_end` right after the row is added: `build_trainer`'s checkpoints are taken at the
+    epoch's end, not at validation's): DVC deletes the plot file before it re-runs a stage, so a stage
+    resumed after a kill rebuilds the rows of the epochs before it from `last.ckpt`, not from the file.
+    """
 
     def __init__(self, path: Path):
         self.path = path
+        self.rows: list[dict[str, Any]] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict.get("rows", []))
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.rows = [r for r in self.rows if r["epoch"] < trainer.current_epoch]  # what the checkpoint holds
+        if trainer.global_rank == 0:
+            write_json(self.path, self.rows)  # also when a finished run is resumed and no epoch runs
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.global_rank != 0:
-            return
-        rows = json.loads(self.path.read_text()) if self.path.is_file() else []
-        rows = [r for r in rows if r["epoch"] < trainer.current_epoch]  # a resumed epoch is rewritten
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         for key, value in trainer.callback_metrics.items():
             if key.startswith("val/") or key.endswith("_epoch"):
                 row[key.removesuffix("_epoch").replace("/", "_")] = round(float(value), 6)
-        write_json(self.path, [*rows, row])
+        self.rows = [*(r for r in self.rows if r["epoch"] < trainer.current_epoch), row]
+        if trainer.global_rank == 0:
+            write_json(self.path, self.rows)
+
+
+class ProgressLog(Callback):
+    """One log line per epoch (and one every `every_s` seconds inside a long epoch) through the stage's
+    logger, `<stage>`: epoch and batch counts, the epoch's metrics, seconds per epoch and an ETA. This is
+    what the retraining flow shows of a training stage (Lightning's progress bar, drawn only on a
+    terminal, is carriage returns that a log cannot hold)."""
+
+    def __init__(self, stage: str, every_s: float = 60.0):
+        self.stage_log, self.every_s = logging.getLogger(stage), every_s
+        self.start_time = self.last_line = 0.0
+        self.start_epoch = 0
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.start_time = self.last_line = time.monotonic()
+        self.start_epoch = trainer.current_epoch
+        if trainer.global_rank == 0:
+            self.stage_log.info("training: epochs %d-%d of %d, %d batches each%s", trainer.current_epoch + 1,
+                          trainer.max_epochs, trainer.max_epochs, trainer.num_training_batches,
+                          f" (resumed at step {trainer.global_step})" if trainer.global_step else "")
+
+    def _done_total(self, trainer: L.Trainer, batch_idx: int) -> tuple[int, int, str]:
+        """(batches done since this process started, batches left, ETA text)."""
+        per_epoch = trainer.num_training_batches
+        done = (trainer.current_epoch - self.start_epoch) * per_epoch + batch_idx + 1
+        left = (trainer.max_epochs - trainer.current_epoch) * per_epoch - batch_idx - 1
+        seconds = (time.monotonic() - self.start_time) / max(done, 1) * left
+        return done, left, _duration(seconds)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if trainer.global_rank != 0 or time.monotonic() - self.last_line < self.every_s:
+            return
+        self.last_line = time.monotonic()
+        _, _, eta = self._done_total(trainer, batch_idx)
+        self.stage_log.info("epoch %d/%d: batch %d/%d, step %d, ETA %s", trainer.current_epoch + 1, trainer.max_epochs,
+                      batch_idx + 1, trainer.num_training_batches, trainer.global_step, eta)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if trainer.global_rank != 0:
+            return
+        self.last_line = time.monotonic()
+        done, _, eta = self._done_total(trainer, trainer.num_training_batches - 1)
+        epochs = trainer.current_epoch + 1 - self.start_epoch
+        metrics = ", ".join(f"{key.removesuffix('_epoch')} {float(value):.4g}"
+                            for key, value in sorted(trainer.callback_metrics.items())
+                            if key.startswith("val/") or key.endswith("_epoch"))
+        self.stage_log.info("epoch %d/%d done: step %d, %s; %.0f s/epoch, ETA %s", trainer.current_epoch + 1,
+                      trainer.max_epochs, trainer.global_step, metrics,
+                      (time.monotonic() - self.start_time) / epochs, eta)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def trainer_arguments(params: TrainerParams, max_epochs: int) -> dict[str, Any]:
@@ -115,22 +190,30 @@ def trainer_arguments(params: TrainerParams, max_epochs: int) -> dict[str, Any]:
 
 def build_trainer(
     params: TrainerParams, max_epochs: int, folder: Path, monitor: str, mode: str, logger: Any,
-    plots: Path, extra_callbacks: list[Callback] | None = None,
+    plots: Path, extra_callbacks: list[Callback] | None = None, stage: str = "training",
 ) -> L.Trainer:
-    checkpoint = ModelCheckpoint(dirpath=folder, filename="best", monitor=monitor, mode=mode, save_last=True,
-                                 save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")  # ours: 2 + stamp
+    # Both at the epoch's end, after EpochMetricsFile has added the epoch's row (checkpoint callbacks run
+    # last), so the row is in the checkpoint. `last` is its own unmonitored checkpoint: Lightning's
+    # `save_last` only rewrites last.ckpt in an epoch whose monitored metric improved.
+    best = ModelCheckpoint(dirpath=folder, filename="best", monitor=monitor, mode=mode, save_top_k=1,
+                           auto_insert_metric_name=False, enable_version_counter=False, save_on_train_epoch_end=True)
+    last = ModelCheckpoint(dirpath=folder, filename="last", save_top_k=1, enable_version_counter=False,
+                           save_on_train_epoch_end=True)
     return L.Trainer(
         **trainer_arguments(params, max_epochs), logger=logger,
-        callbacks=[checkpoint, EpochMetricsFile(plots), StartStep(), LearningRates(), *(extra_callbacks or [])],
-        enable_progress_bar=True, enable_model_summary=False, default_root_dir=str(folder),
+        callbacks=[best, last, EpochMetricsFile(plots), StartStep(), LearningRates(), ProgressLog(stage),
+                   *(extra_callbacks or [])],
+        enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False, default_root_dir=str(folder),
     )
 
 
 def finish(
     trainer: L.Trainer, folder: Path, name: str, config: dict, params_hash: str, metrics_path: Path, extra: dict,
-    extra_metrics: dict | None = None,
+    extra_metrics: dict | None = None, stage: str | None = None, headline: dict[str, str] | None = None,
 ) -> dict:
-    """Write `<name>.json` beside the checkpoints and the final validation metrics for DVC."""
+    """Write `<name>.json` beside the checkpoints, the final validation metrics (`metrics_path`) and, for
+    `stage`, its headline (`headline`: name -> key of those metrics)."""
     metrics = {k.replace("/", "_"): round(float(v), 6) for k, v in trainer.callback_metrics.items()
                if k.startswith("val/")}
     metrics.update(extra_metrics or {})
@@ -143,6 +226,8 @@ def finish(
     if trainer.global_rank == 0:
         write_json(folder / f"{name}.json", info)
         write_json(metrics_path, metrics)
+        if stage is not None:
+            write_headline(metrics_path.parent, stage, {name: metrics[key] for name, key in (headline or {}).items()})
     return info
 
 
@@ -176,6 +261,7 @@ class StageFit:
     random_mask_epochs: int = 0
     inputs: dict[str, str] | None = None  # name -> content hash of starting weights (fingerprint)
     baseline: bool = False  # validate before fitting: the pretrained_val_* metrics
+    headline: dict[str, str] | None = None  # headline name -> key of the final metrics (`dvc metrics show`)
 
     def trainer_arguments(self) -> dict[str, Any]:
         return trainer_arguments(self.trainer, self.epochs)
@@ -207,10 +293,10 @@ def fit_stage(fit: StageFit, experiment: str) -> dict:
         if before:
             mlflow.log_metrics({f"pretrained/{k.removeprefix('val_')}": v for k, v in before.items()})
         trainer = build_trainer(fit.trainer, fit.epochs, fit.folder, fit.monitor, "max", logger,
-                                fit.reports / "plots" / f"{stage}.json", [EpochSetter(fit.random_mask_epochs)])
+                                fit.reports / "plots" / f"{stage}.json", [EpochSetter(fit.random_mask_epochs)], stage)
         trainer.fit(module, data, ckpt_path=resume)
         if not any(key.startswith("val/") for key in trainer.callback_metrics):  # resumed a finished run
             trainer.validate(module, data, verbose=False)
         return finish(trainer, fit.folder, fit.name, fit.config, params_hash(section),
                       fit.reports / f"{stage}.json", {**fit.extra, "mlflow_run_id": run_id},
-                      {f"pretrained_{k}": v for k, v in before.items()})
+                      {f"pretrained_{k}": v for k, v in before.items()}, stage, fit.headline)

@@ -20,7 +20,7 @@ import yaml
 from mlflow import MlflowClient
 
 from pipelines import registry
-from pipelines.retrain import retrain, stage_order
+from pipelines.retrain import Ports, next_steps, retrain, stage_order
 from serving import store as bento_store
 from tests.conftest import tiny_repo
 
@@ -113,6 +113,45 @@ def test_the_flow_runs_every_stage_in_order_then_registers_promotes_and_packages
     assert bento["labels"]["mlflow_version"] == "1" and bento["args"]["model"] == info["model"]
     packaged = json.loads((repo / "models" / "bento" / "bento.json").read_text())
     assert packaged["fingerprint"] == info["fingerprint"] and packaged["model"] == info["model"]
+
+
+def flow_logs(state) -> list[str]:
+    """The messages of the flow run's log (its tasks' too), as the Prefect UI shows them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    flow_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+    messages: list[str] = []
+    with get_client(sync_client=True) as client:
+        while True:  # pages of the server's limit (200)
+            page = client.read_logs(flow_run, limit=200, offset=len(messages))
+            messages += [log.message for log in page]
+            if len(page) < 200:
+                return messages
+
+
+def test_the_flows_log_shows_training_progress_and_no_third_party_noise_then_next_steps_that_run(repo, first_run):
+    messages = flow_logs(first_run)
+    for stage in ("pretrain_segmenter", "pretrain_inpainter", "finetune_joint", "finetune_joint_ablation"):
+        line = next((m for m in messages if f"{stage}: epoch 1/1 done: step " in m), None)
+        assert line is not None and "ETA 0 s" in line and "s/epoch" in line, stage  # harness.ProgressLog
+    assert any("export: " in m for m in messages)  # the export stage's own lines are there
+    for noise in ("Use `dvc push`", "To track the changes with git", "autostage", "torchvision is not installed",
+                  "INFO onnxscript", "INFO onnx_ir"):
+        assert not any(noise in m for m in messages), noise
+    # the printed next steps run as printed: make targets of this Makefile with the ports given, executables
+    text = next_steps(first_run.result(), Ports(serve=3123, ui=5123))
+    commands = [line.split("#")[0].split() for line in text.splitlines() if line.startswith("  ")]
+    assert ["make", "serve", "PORT=3123"] in commands and ["make", "ui", "UI_PORT=5123"] in commands
+    assert ["make", "prefect-ui"] in commands
+    for command in commands:
+        if command[0] == "make":  # what make would run, from the repository the flow ran in
+            dry = subprocess.run(["make", "-n", *command[1:]], cwd=repo, capture_output=True, text=True)
+            assert dry.returncode == 0, dry.stderr
+            assert {"serve": "--port 3123", "ui": "--port 5123", "prefect-ui": "--port 4200"}[command[1]] in dry.stdout
+        else:
+            assert Path(command[0]).is_absolute() and os.access(command[0], os.X_OK), command
+    assert "--port 3123" in text and first_run.result()["bento"] in text
 
 
 def test_a_rerun_with_nothing_changed_registers_nothing_new(repo, first_run):
