@@ -44,6 +44,7 @@ from components.metrics import (
 )
 from components.perceptual_metrics import LPIPS, frechet_distance, inception_features
 from components.selection import evaluation_mask
+from pipelines.tracking import flat_metrics  # noqa: F401  (re-exported: the evaluate stage and its tests)
 
 PER_PAIR = ("psnr", "ssim", "psnr_mask", "iou", "coverage", "over_expansion", "leftover_share", "clean", "lpips")
 
@@ -263,13 +264,3 @@ def plot_rows(metrics: dict) -> tuple[list[dict], list[dict], list[dict]]:
     return by_bucket, clean, table1
 
 
-def flat_metrics(tree: dict, prefix: str = "") -> dict[str, float]:
-    """Nested numbers -> {"methods/joint_mel/0-10/psnr": 30.1, ...} for MLflow; None values are left out."""
-    flat: dict[str, float] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flat_metrics(value, f"{name}/"))
-        elif isinstance(value, int | float) and value is not None:
-            flat[name] = float(value)
-    return flat

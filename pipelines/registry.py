@@ -42,7 +42,7 @@ from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import Array, ColSpec, Schema
 
 from components.export_contract import FILES, MODEL_JSON
-from pipelines.tracking import kill_orphaned_runs, owner_tags
+from pipelines.tracking import flat_metrics, kill_orphaned_runs, owner_tags
 from serving.store import fingerprint  # the export's identity, also its BentoML model's version
 
 log = logging.getLogger(__name__)
@@ -104,18 +104,6 @@ def files_present(version: ModelVersion) -> bool:
         return False
     names = {Path(f.path).name for f in listed if not f.is_dir}
     return set(FILES) <= names
-
-
-def flat(metrics: dict, prefix: str = "") -> dict[str, float]:
-    """Nested numbers as MLflow metrics ("methods.joint_mel.all.psnr"); other values are left out."""
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flat(value, f"{name}."))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            out[name] = float(value)
-    return out
 
 
 def pinned(packages: tuple[str, ...]) -> list[str]:
@@ -184,16 +172,17 @@ def register(client: MlflowClient, name: str, experiment_id: str, onnx_dir: Path
         kill_orphaned_runs(client, experiment_id, "register")  # a register run whose process died: KILLED
         trained_by = training_run(onnx_dir)
         link = {"training_run": trained_by} if trained_by else {}
+        flat = flat_metrics(metrics, separator=".")
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"register-{time.strftime('%Y%m%d-%H%M%S')}",
                               parent_run_id=parent_run_id, nested=mlflow.active_run() is not None,
                               tags={"stage": "register", **tags, **link, **owner_tags()}) as run:
             with tempfile.TemporaryDirectory() as tmp:
-                headline = {k: v for k, v in flat(metrics).items() if k.startswith("methods.joint_mel.all.")}
+                headline = {k: v for k, v in flat.items() if k.startswith("methods.joint_mel.all.")}
                 save_mlflow_model(onnx_dir, Path(tmp) / ARTIFACT_PATH,
                                   {"metric": metric, "metric_value": value, "evaluation": headline})
                 mlflow.log_artifacts(str(Path(tmp) / ARTIFACT_PATH), ARTIFACT_PATH)
             mlflow.log_artifact(str(metrics_file), "evaluation")
-            mlflow.log_metrics({key.replace("/", "_"): v for key, v in flat(metrics).items()})
+            mlflow.log_metrics({key.replace("/", "_"): v for key, v in flat.items()})
             mlflow.log_metric(metric.replace("/", "_"), value)
         version = client.create_model_version(
             name, source=f"{run.info.artifact_uri}/{ARTIFACT_PATH}", run_id=run.info.run_id,

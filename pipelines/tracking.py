@@ -319,3 +319,17 @@ def _require_active_run() -> None:
     # The fluent log_* calls would otherwise start a stray run of their own.
     if mlflow.active_run() is None:
         raise RuntimeError("no active MLflow run; log artifacts inside start_stage_run")
+
+
+def flat_metrics(tree: Mapping, prefix: str = "", separator: str = "/") -> dict[str, float]:
+    """Nested numbers -> one MLflow metric each, the keys joined by `separator`
+    ({"methods": {"joint_mel": {"all": {"psnr": 25.1}}}} -> "methods/joint_mel/all/psnr"); values that are
+    not numbers (None, strings, booleans) are left out."""
+    flat: dict[str, float] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flat_metrics(value, f"{name}{separator}", separator))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
