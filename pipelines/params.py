@@ -170,6 +170,9 @@ class TrainerParams(Section):
     strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"]
     precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"]
     num_workers: Annotated[int, Field(ge=0)]
+    # networks trained in the channels-last memory format (CPU: the segmenter's convolutions run ~1.2x
+    # faster so; the inpainters' do not, benchmarks/results/stage_throughput.json)
+    channels_last: list[Literal["segmenter", "inpainter"]] = []
     limit_train_batches: Annotated[float, Field(gt=0)]  # <= 1.0: share of an epoch; > 1: that many batches
     log_every_n_steps: PositiveInt
 

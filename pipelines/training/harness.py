@@ -24,8 +24,11 @@ from typing import Any
 
 import lightning as L
 import mlflow
+import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from components.inpainting import InpaintingDiscriminators, InpaintingNetworks
+from components.segmenter import Segmenter
 from pipelines.common import git_revision, params_hash, write_headline, write_json
 from pipelines.data import EpochSetter
 from pipelines.params import TrainerParams
@@ -263,8 +266,23 @@ class StageFit:
     baseline: bool = False  # validate before fitting: the pretrained_val_* metrics
     headline: dict[str, str] | None = None  # headline name -> key of the final metrics (`dvc metrics show`)
 
+    def __post_init__(self) -> None:
+        to_memory_format(self.module, self.trainer.channels_last)
+
     def trainer_arguments(self) -> dict[str, Any]:
         return trainer_arguments(self.trainer, self.epochs)
+
+
+def to_memory_format(module: L.LightningModule, channels_last: list[str]) -> None:
+    """The module's networks named in `trainer.channels_last` ("segmenter": the U-Net, "inpainter": the
+    generators and discriminators) in the channels-last memory format, the others contiguous. Only the
+    layout changes: convolutions then give channels-last outputs, checkpoints load into either layout."""
+    kinds = {"segmenter": (Segmenter,), "inpainter": (InpaintingNetworks, InpaintingDiscriminators)}
+    for kind, classes in kinds.items():
+        layout = torch.channels_last if kind in channels_last else torch.contiguous_format
+        for network in module.modules():
+            if isinstance(network, classes):
+                network.to(memory_format=layout)
 
 
 class LearningRates(Callback):

@@ -36,7 +36,7 @@ ALTERNATIVES = {"schedule": {"cosine": "constant", "constant": "cosine"},
                 "hole_fill": {"smooth": "white"}, "precision": {"32-true": "bf16-mixed"},
                 "strategy": {"auto": "ddp"}, "accelerator": {"cpu": "gpu"},
                 "normalization": {"max_abs": "diagonal"}, "reduction": {"mean": "sum"},
-                "features": {"discriminator": "vgg19"}}
+                "features": {"discriminator": "vgg19"}, "channels_last": {"segmenter": "inpainter"}}
 # a change that is only valid together with another one: both are applied to the base as well
 COMPANIONS = {"networks.inpainter.hole_fill": {"networks.inpainter.image_head": "tanh01"},
               "pretrain_inpainter.features": {"pretrain_inpainter.vgg19_weights": "/weights/vgg19.pth"}}
@@ -98,7 +98,9 @@ def _observe(fit) -> str:
     seen = {"hparams": dict(module.hparams), "data": asdict(data.config), "batch_size": data.batch_size,
             "num_workers": data.num_workers, "mask_source": data.mask_source, "trainer": fit.trainer_arguments(),
             "random_mask_epochs": fit.random_mask_epochs, "folder": str(fit.folder), "seed": torch.initial_seed(),
-            "optimizers": groups}
+            "optimizers": groups, "channels_last": sorted(
+                name for name, p in module.named_parameters()
+                if p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last))}
     return json.dumps(seen, sort_keys=True, default=repr)
 
 
