@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import subprocess
+import warnings
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -36,7 +37,12 @@ class DropMessages(logging.Filter):
 
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("lightning.pytorch").propagate = False  # Lightning prints its own lines already
+    lightning_log = logging.getLogger("lightning.pytorch")
+    lightning_log.propagate = False  # Lightning prints its own lines already (its handler, set at its import)
+    for handler in lightning_log.handlers:  # ... and an advertisement for its cloud logger in every fit
+        handler.addFilter(DropMessages("💡 Tip"))
+    # Lightning 2.6 on torch 2.13: a deprecation of torch's LeafSpec inside Lightning, once per fit
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     # Third-party noise in the stages' logs: the ONNX exporter's optimizer and rewriter log each pass at INFO,
     # and its op registry warns once per torchvision op that torchvision (which no model here uses) is missing.
     for name in ("onnxscript", "onnx_ir"):

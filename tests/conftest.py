@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -240,3 +241,48 @@ def exported(trained, tmp_path_factory) -> tuple[dict, dict]:
     tmp = tmp_path_factory.mktemp("export")
     raw["paths"].update(onnx=str(tmp / "onnx"), reports=str(tmp / "reports"))
     return raw, export.run(parse_params(raw))
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """Prefect's test harness (a temporary Prefect server and database) for the session: yields its API URL.
+    Flows run in this process report to it; the flow tests read their task runs and logs from it."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@contextlib.contextmanager
+def flow_environment(repo: Path):
+    """The environment the retraining flow runs in for `repo`: MLflow's default store (sqlite:///mlflow.db in
+    the repository) and a BentoML store of its own beside it."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        patch.setenv("BENTOML_HOME", str(repo.parent / "bentoml"))
+        patch.setenv("BENTOML_DO_NOT_TRACK", "True")
+        yield
+
+
+@pytest.fixture(scope="session")
+def flow_run(tmp_path_factory, prefect_server):
+    """A tiny copy of the repository after one run of the retraining flow (every DVC stage, registration,
+    promotion, the champion's Bento) on Prefect's test server: (repository, the flow's final state). The flow
+    tests use it as it is; the DVC tests take a copy (`built_repo_copy`), so the tiny graph trains once."""
+    from pipelines.retrain import retrain
+
+    repo = tiny_repo(tmp_path_factory.mktemp("flow") / "repo")
+    with flow_environment(repo):
+        state = retrain(repo=str(repo), return_state=True)
+    return repo, state
+
+
+def built_repo_copy(flow_run: tuple[Path, object], dest: Path) -> Path:
+    """A copy of the flow-built repository at `dest` (git history, DVC cache, outputs, dvc.lock) without its
+    MLflow store, whose runs point at the original's folders; `dvc status` is clean there."""
+    source, state = flow_run
+    assert state.is_completed(), f"the retraining flow on the tiny repository failed: {state.message}"
+    ignore = shutil.ignore_patterns("mlflow.db", "mlruns", "mlartifacts")
+    shutil.copytree(source, dest, symlinks=True, ignore=ignore)
+    return dest

@@ -1,6 +1,8 @@
-"""A real `dvc repro` in a temporary copy of the repository, on tiny params: the data stages, then the
-whole graph through `evaluate`, `export` and `package` (`dvc metrics show` a narrow headline per stage), an
-experiment that changes MEL's alpha seen by `dvc metrics diff`, and a training stage killed and re-run."""
+"""Real `dvc repro` runs in temporary copies of the repository, on tiny params: the data stages in a fresh
+copy; then, in a copy of the repository the session's retraining flow built (every stage through `evaluate`,
+`export` and `package`, each a `dvc repro` of the flow; tests.conftest.flow_run), the state DVC reports
+(`dvc status` clean, `dvc metrics show` a narrow headline per stage), an experiment that changes MEL's alpha
+seen by `dvc metrics diff`, a local-folder remote, and a training stage killed and re-run."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_repo
+from tests.conftest import built_repo_copy, tiny_repo
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +29,14 @@ def _sh(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
+    """A fresh tiny copy: nothing reproduced yet."""
     return tiny_repo(tmp_path_factory.mktemp("dvc") / "repo")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, flow_run) -> Path:
+    """A copy of the repository after the session's retraining flow: the whole graph reproduced."""
+    return built_repo_copy(flow_run, tmp_path_factory.mktemp("dvc-built") / "repo")
 
 
 def test_repro_then_status_clean_then_nothing_to_do(repo):
@@ -56,19 +65,20 @@ def test_exp_run_with_another_seed_changes_the_data(repo):
     assert "synthesize.seed" in diff and "7" in diff
 
 
-def test_whole_graph_then_an_alpha_experiment_changes_the_metrics(repo):
+def test_whole_graph_then_an_alpha_experiment_changes_the_metrics(built, flow_run):
+    repo = built
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{repo}/mlflow.db", "BENTOML_HOME": str(repo.parent / "bentoml"),
            "BENTOML_DO_NOT_TRACK": "True"}
-    out = _sh(repo, "dvc", "repro", env=env)
+    ran = flow_run[1].result()["stages"]  # the flow's `dvc repro <stage>` of each stage
     for stage in ("pretrain_segmenter", "pretrain_inpainter", "finetune_joint", "finetune_joint_ablation", "evaluate",
                   "export", "package"):
-        assert f"Running stage '{stage}'" in out
+        assert ran[stage] == "ran", stage
+    assert "up to date" in _sh(repo, "dvc", "status", env=env)  # the copy too: dvc.lock matches its files
     assert {p.name for p in (repo / "models" / "onnx").iterdir()} == {"segmenter.onnx", "inpainter.onnx", "model.json"}
     assert {p.name for p in (repo / "models" / "bento").iterdir()} == {"object-removal.bento", "bento.json"}
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
     assert {"joint_mel", "joint_no_mel", "oracle"} <= set(metrics["methods"])
     assert (repo / "reports" / "samples.png").is_file() and (repo / "reports" / "evaluation.md").is_file()
-    assert "up to date" in _sh(repo, "dvc", "status", env=env)
     # `dvc metrics show`: one narrow headline per stage; the full tables are outputs, not metrics
     shown = json.loads(_sh(repo, "dvc", "metrics", "show", "--json", env=env))[""]["data"]
     headlines = {f"reports/headline/{stage}.json" for stage in ("scenes", "synthesize", "pretrain_segmenter",
@@ -89,7 +99,7 @@ def test_whole_graph_then_an_alpha_experiment_changes_the_metrics(repo):
     assert not any(value["diff"] for value in diff.get("reports/headline/finetune_joint_ablation.json", {}).values())
 
 
-def test_a_local_folder_remote_lets_a_fresh_clone_pull_then_predict_and_serve_with_no_training(repo, tmp_path):
+def test_a_local_folder_remote_lets_a_fresh_clone_pull_then_predict_and_serve_with_no_training(built, tmp_path):
     """`dvc push` to a local-folder remote from the repository the whole-graph test built; a fresh `git clone`
     has no data or models; `dvc pull` brings them, `dvc status` is clean (nothing to re-run), and the batch
     command line and the packaged Bento's service work there."""
@@ -98,7 +108,8 @@ def test_a_local_folder_remote_lets_a_fresh_clone_pull_then_predict_and_serve_wi
     from tests.code.test_package import bentoml_env
     from tests.code.test_service import encode, scene_image, serve
 
-    _sh(repo, "dvc", "repro", "package")  # a no-op after the whole-graph test
+    repo = built
+    _sh(repo, "dvc", "repro", "package")  # export and package again for the alpha experiment's joint model
     remote = tmp_path / "remote"
     _sh(repo, "dvc", "remote", "add", "--default", "storage", str(remote))
     pushed = _sh(repo, "dvc", "push")
@@ -129,7 +140,7 @@ def test_a_local_folder_remote_lets_a_fresh_clone_pull_then_predict_and_serve_wi
         assert httpx.get(f"{url}/info", timeout=10).json()["model"]["fingerprint"] == info["fingerprint"]
 
 
-def test_a_training_stage_killed_then_rerun_keeps_the_plot_rows_of_every_epoch(repo):
+def test_a_training_stage_killed_then_rerun_keeps_the_plot_rows_of_every_epoch(built):
     """DVC deletes a stage's plot file before it runs the stage; the resumed stage rebuilds the rows of the
     epochs before the kill from its checkpoint. After the whole-graph test the segmenter has trained one epoch;
     with 4 epochs, `dvc repro` resumes it, is SIGKILLed (with its stage process) once epoch 1's row is written,
@@ -139,6 +150,7 @@ def test_a_training_stage_killed_then_rerun_keeps_the_plot_rows_of_every_epoch(r
 
     import yaml
 
+    repo = built
     _sh(repo, "dvc", "repro", "pretrain_segmenter")  # one epoch (a no-op after the whole-graph test)
     plot = repo / "reports" / "plots" / "pretrain_segmenter.json"
     first = json.loads(plot.read_text())

@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from pipelines import registry
 from pipelines.retrain import Ports, next_steps, retrain, stage_order
 from serving import store as bento_store
-from tests.conftest import tiny_repo
+from tests.conftest import flow_environment
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -30,23 +30,17 @@ NAME = "object-removal"
 
 
 @pytest.fixture(scope="module")
-def harness():
-    """Prefect's test harness (a temporary Prefect server and database): yields its API URL."""
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield PREFECT_API_URL.value()
+def harness(prefect_server):
+    """Prefect's test server (the session's): its API URL."""
+    return prefect_server
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, harness) -> Path:
-    """A tiny copy of the repository; its MLflow store and BentoML store are its own."""
-    repo = tiny_repo(tmp_path_factory.mktemp("flow") / "repo")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default: sqlite:///mlflow.db in the repository
-        patch.setenv("BENTOML_HOME", str(repo.parent / "bentoml"))
-        patch.setenv("BENTOML_DO_NOT_TRACK", "True")
+def repo(flow_run) -> Path:
+    """The tiny repository the session's retraining flow ran in (tests.conftest.flow_run), in the flow's
+    environment: its own MLflow store and BentoML store."""
+    repo = flow_run[0]
+    with flow_environment(repo):
         yield repo
 
 
@@ -66,9 +60,8 @@ def task_names(state) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def first_run(repo):
-    state = retrain(repo=str(repo), return_state=True)
-    return state
+def first_run(flow_run):
+    return flow_run[1]
 
 
 def test_the_flow_runs_every_stage_in_order_then_registers_promotes_and_packages(repo, first_run):
@@ -137,7 +130,8 @@ def test_the_flows_log_shows_training_progress_and_no_third_party_noise_then_nex
         assert line is not None and "ETA 0 s" in line and "s/epoch" in line, stage  # harness.ProgressLog
     assert any("export: " in m for m in messages)  # the export stage's own lines are there
     for noise in ("Use `dvc push`", "To track the changes with git", "autostage", "torchvision is not installed",
-                  "INFO onnxscript", "INFO onnx_ir"):
+                  "INFO onnxscript", "INFO onnx_ir",
+                  "💡 Tip", "LeafSpec"):
         assert not any(noise in m for m in messages), noise
     # the printed next steps run as printed: make targets of this Makefile with the ports given, executables
     text = next_steps(first_run.result(), Ports(serve=3123, ui=5123))
