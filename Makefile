@@ -71,9 +71,12 @@ serve:
 test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The MLflow UI on the embedded store (runs of each pipeline execution grouped under its flow run; the registry)
+# The MLflow UI on the embedded store, or on the store MLFLOW_TRACKING_URI names (runs of each pipeline execution
+# grouped under its flow run; the registry)
 ui: install
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host $(HOST) --port $(UI_PORT)
+	@case "$${MLFLOW_TRACKING_URI:-}" in http://*|https://*|databricks*) \
+		echo "MLFLOW_TRACKING_URI is a tracking server ($$MLFLOW_TRACKING_URI): its own UI shows the runs"; exit 0;; esac; \
+	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" --host $(HOST) --port $(UI_PORT)
 
 # The Prefect UI on Prefect's local database ($$PREFECT_HOME, default ~/.prefect): the flow runs of `make run`
 prefect-ui: install

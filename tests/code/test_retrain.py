@@ -148,6 +148,16 @@ def test_the_flows_log_shows_training_progress_and_no_third_party_noise_then_nex
     assert "--port 3123" in text and first_run.result()["bento"] in text
 
 
+def test_make_ui_opens_the_store_mlflow_tracking_uri_names():
+    """`make ui` serves MLFLOW_TRACKING_URI's store when it is set (the default store otherwise), and for a
+    tracking server, which has its own UI, says so instead of starting a second one."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9/"}
+    done = subprocess.run(["make", "-s", "ui"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "is a tracking server (http://127.0.0.1:9/)" in done.stdout, done.stderr
+    dry = subprocess.run(["make", "-n", "ui"], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    assert '--backend-store-uri "${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}"' in dry
+
+
 def test_a_rerun_with_nothing_changed_registers_nothing_new(repo, first_run):
     state = retrain(repo=str(repo), return_state=True)
     assert state.is_completed(), state.message
