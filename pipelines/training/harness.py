@@ -27,8 +27,6 @@ import mlflow
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from components.inpainting import InpaintingDiscriminators, InpaintingNetworks
-from components.segmenter import Segmenter
 from pipelines.common import git_revision, params_hash, write_headline, write_json
 from pipelines.data import EpochSetter
 from pipelines.params import TrainerParams
@@ -274,15 +272,14 @@ class StageFit:
 
 
 def to_memory_format(module: L.LightningModule, channels_last: list[str]) -> None:
-    """The module's networks named in `trainer.channels_last` ("segmenter": the U-Net, "inpainter": the
-    generators and discriminators) in the channels-last memory format, the others contiguous. Only the
-    layout changes: convolutions then give channels-last outputs, checkpoints load into either layout."""
-    kinds = {"segmenter": (Segmenter,), "inpainter": (InpaintingNetworks, InpaintingDiscriminators)}
-    for kind, classes in kinds.items():
+    """The module's networks of the kinds named in `trainer.channels_last` ("segmenter": the U-Net,
+    "inpainter": the generators and discriminators; the module says which are which, `networks_by_kind`)
+    in the channels-last memory format, the others contiguous. Only the layout changes: convolutions then
+    give channels-last outputs, and checkpoints load into either layout."""
+    for kind, networks in module.networks_by_kind().items():
         layout = torch.channels_last if kind in channels_last else torch.contiguous_format
-        for network in module.modules():
-            if isinstance(network, classes):
-                network.to(memory_format=layout)
+        for network in networks:
+            network.to(memory_format=layout)
 
 
 class LearningRates(Callback):

@@ -245,6 +245,10 @@ class InpainterModule(L.LightningModule):
         rows = [s["image"], s["mask"], s["edges"], s["composite"], s["telea"], s["target"]]
         log_grid(self, grid_image(rows), f"samples/inpainter_epoch_{self.current_epoch:03d}.png")
 
+    def networks_by_kind(self) -> dict[str, list[torch.nn.Module]]:
+        """The module's networks by kind, for the memory-format setting (harness.to_memory_format)."""
+        return {"inpainter": [self.nets, self.discs]}
+
     def build_optimizers(self) -> list[torch.optim.Optimizer]:
         """Adam per generator and per discriminator: [g_edge, d_edge, g_seg, d_seg, g_image, d_image]."""
         c = self.optim_config

@@ -178,6 +178,9 @@ class JointModule(InpainterModule):
         rows = [s["image"], s["true_mask"], s["mask"], s["composite"], s["target"]]
         log_grid(self, grid_image(rows), f"samples/joint_epoch_{self.current_epoch:03d}.png")
 
+    def networks_by_kind(self) -> dict[str, list[torch.nn.Module]]:
+        return {**super().networks_by_kind(), "segmenter": [self.segmenter]}
+
     def build_optimizers(self) -> list[torch.optim.Optimizer]:
         """The inpainters' six, then the segmenter's (its own learning rate, the same betas)."""
         segmenter = torch.optim.Adam(self.segmenter.parameters(), lr=self.joint.segmenter_lr,

@@ -91,6 +91,10 @@ class SegmenterModule(L.LightningModule):
         rows = [s["image"], colorize(s["seg"], classes), colorize(s["pred"], classes), s["sel"].expand(-1, 3, -1, -1)]
         log_grid(self, grid_image(rows), f"samples/segmenter_epoch_{self.current_epoch:03d}.png")
 
+    def networks_by_kind(self) -> dict[str, list[torch.nn.Module]]:
+        """The module's networks by kind, for the memory-format setting (harness.to_memory_format)."""
+        return {"segmenter": [self.net]}
+
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = torch.optim.AdamW(self.net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
