@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -117,11 +118,14 @@ def pinned(packages: tuple[str, ...]) -> list[str]:
 
 
 def save_mlflow_model(onnx_dir: Path, folder: Path, metadata: dict) -> None:
-    """The export as an MLflow pyfunc model in `folder` (models from code: pipelines/mlflow_model.py)."""
-    mlflow.pyfunc.save_model(
-        str(folder), python_model=str(PYFUNC_SCRIPT), artifacts={name: str(onnx_dir / name) for name in FILES},
-        code_paths=[str(REPO / "components")], signature=SIGNATURE, pip_requirements=pinned(REQUIREMENTS),
-        metadata=metadata)
+    """The export as an MLflow pyfunc model in `folder` (models from code: pipelines/mlflow_model.py), with
+    the `components` package's source beside it (its .py files only: no __pycache__ of this machine)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        code = Path(tmp) / "components"
+        shutil.copytree(REPO / "components", code, ignore=shutil.ignore_patterns("__pycache__", "*.py[co]"))
+        mlflow.pyfunc.save_model(
+            str(folder), python_model=str(PYFUNC_SCRIPT), artifacts={name: str(onnx_dir / name) for name in FILES},
+            code_paths=[str(code)], signature=SIGNATURE, pip_requirements=pinned(REQUIREMENTS), metadata=metadata)
 
 
 def training_run(onnx_dir: Path) -> str | None:

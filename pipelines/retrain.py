@@ -172,7 +172,8 @@ def retrain(repo: str = ".", params_file: str = "params.yaml") -> dict:
     run_name = f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}"
     if (experiment := MlflowClient(uri).get_experiment_by_name(EXPERIMENT)) is not None:
         kill_orphaned_runs(MlflowClient(uri), experiment.experiment_id, None)  # any run whose process died
-    with start_stage_run(EXPERIMENT, "pipeline", section, run_name=run_name) as parent:
+    # the flow's run in the repository's store (absolute), also when this process works in another folder
+    with start_stage_run(EXPERIMENT, "pipeline", section, run_name=run_name, uri=uri) as parent:
         env = {"MLFLOW_TRACKING_URI": uri, PIPELINE_RUN_ENV: parent.run_id, "NO_ALBUMENTATIONS_UPDATE": "1"}
         outcome = {stage: repro(stage, str(root), env) for stage in stages}
         r = params.registry
@@ -182,8 +183,11 @@ def retrain(repo: str = ".", params_file: str = "params.yaml") -> dict:
                            "metrics.json"), r.metric, tags, parent.run_id)
         decision = promote(uri, r.model_name, r.greater_is_better, r.margin)
         bento = build_champion_bento(uri, r.model_name, str(root / params.package.bentofile), str(root / CHAMPION_FILE))
-        mlflow.set_tags({"registered_version": version, "champion_version": decision.champion,
-                         "promoted": str(decision.promoted), "promotion": decision.reason[:500]})
+        outcome_tags = {"registered_version": version, "champion_version": decision.champion,
+                        "promoted": str(decision.promoted), "promotion": decision.reason[:500]}
+        client = MlflowClient(uri)
+        for key, value in outcome_tags.items():
+            client.set_tag(parent.run_id, key, value)
     summary = {"stages": outcome, "registered_version": version, "promoted": decision.promoted,
                "champion_version": decision.champion, "reason": decision.reason, "bento": bento["bento"],
                "metric": r.metric, "metric_value": bento["metric_value"], "mlflow_run": parent.run_id,

@@ -108,6 +108,7 @@ def start_stage_run(
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
     parent_run_id: str | None = None,
+    uri: str | None = None,
 ) -> Iterator[StageRun]:
     """A run of `stage` in `experiment`, active (fluent API) for the duration of the block.
 
@@ -115,9 +116,9 @@ def start_stage_run(
     `git_revision`, `git_dirty`, `host`, `pid`, `params_hash`) win over `tags` of the same name.
     If another run is active in this thread the new one is nested under it, and `parent_run_id`, when
     given, must be that run. Under the retraining flow (`PIPELINE_RUN_ENV` set) a run without a parent
-    becomes a child of the flow's run.
+    becomes a child of the flow's run. The store is `uri`, default `tracking_uri()`.
     """
-    uri = tracking_uri()
+    uri = uri or tracking_uri()
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     experiment_id = _experiment_id(client, experiment, artifact_location(uri, experiment))

@@ -89,6 +89,8 @@ def test_the_flow_runs_every_stage_in_order_then_registers_promotes_and_packages
 
     # one pipeline execution = one group in MLflow: the stage runs and the registration are children of the flow's
     parent = summary["mlflow_run"]
+    flow_run_tags = client.get_run(parent).data.tags  # in the repository's store, though pytest works elsewhere
+    assert flow_run_tags["stage"] == "pipeline" and flow_run_tags["registered_version"] == "1"
     children = client.search_runs([client.get_experiment_by_name(NAME).experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent}'")
     assert {r.data.tags["stage"] for r in children} >= {"pretrain_segmenter", "pretrain_inpainter", "finetune_joint",
@@ -319,13 +321,16 @@ def deployments(api_url: str) -> dict[str, dict]:
 
 
 def test_flow_serve_creates_a_scheduled_deployment(harness, tmp_path):
-    server = subprocess.Popen([sys.executable, "-m", "pipelines.retrain", "serve", "--cron", "*/30 * * * *",
-                               "--name", "test-serve", "--repo", str(REPO)], cwd=REPO, env=prefect_env(harness),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "pipelines.retrain", "serve", "--cron", "*/30 * * * *",
+                                   "--name", "test-serve", "--repo", str(REPO)], cwd=REPO, env=prefect_env(harness),
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 180  # a busy 2-core machine
         while "test-serve" not in deployments(harness):
-            assert server.poll() is None and time.monotonic() < deadline, "flow.serve did not create its deployment"
+            assert server.poll() is None and time.monotonic() < deadline, \
+                f"flow.serve did not create its deployment:\n{log.read_text()[-3000:]}"
             time.sleep(1)
         assert deployments(harness)["test-serve"]["schedules"] == ["*/30 * * * *"]
     finally:
@@ -344,6 +349,21 @@ def test_prefect_yaml_deploys_to_a_work_pool(harness, tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     deployed = deployments(harness)["scheduled-retrain"]
     assert deployed == {"schedules": ["0 3 * * 1"], "pool": "objremoval", "entrypoint": "pipelines/retrain.py:retrain"}
+
+
+def test_the_mlflow_model_carries_the_components_source_without_bytecode(exported, tmp_path, monkeypatch):
+    """The pyfunc model's `code/components` holds the package's .py files, not the __pycache__ of the machine
+    that registered it (a copy of the repository with compiled files stands in for one that writes them)."""
+    (tmp_path / "repo").mkdir()
+    shutil.copytree(REPO / "components", tmp_path / "repo" / "components")
+    cache = tmp_path / "repo" / "components" / "__pycache__"
+    cache.mkdir(exist_ok=True)
+    (cache / "inference.cpython-311.pyc").write_bytes(b"compiled")
+    monkeypatch.setattr(registry, "REPO", tmp_path / "repo")
+    registry.save_mlflow_model(Path(exported[0]["paths"]["onnx"]), tmp_path / "model", {})
+    saved = sorted(p.relative_to(tmp_path / "model" / "code") for p in (tmp_path / "model" / "code").rglob("*"))
+    assert Path("components/inference.py") in saved and Path("components/export_contract.py") in saved
+    assert not any("__pycache__" in p.parts or p.suffix == ".pyc" for p in saved), saved
 
 
 def test_the_champion_is_an_mlflow_model_that_removes_an_object_and_mlflow_serves_it(store, exported, tmp_path,
