@@ -40,21 +40,12 @@ WARMUP = 3
 
 
 def _params(overrides: list[str], variant: str):
-    import yaml
+    """params.yaml with `--set` overrides and the variant's layout and precision (joint_gradients.overridden)."""
+    from benchmarks.joint_gradients import overridden
 
-    from pipelines.params import parse_params
-
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    for item in overrides:
-        key, value = item.split("=", 1)
-        *parents, last = key.split(".")
-        node = raw
-        for part in parents:
-            node = node[part]
-        node[last] = yaml.safe_load(value)
     channels_last, precision, _ = VARIANTS[variant]
-    raw["trainer"].update(channels_last=channels_last, precision=precision)
-    return parse_params(raw)
+    return overridden(str(REPO / "params.yaml"), [*overrides, f"trainer.channels_last={json.dumps(channels_last)}",
+                                                  f"trainer.precision={precision}"])
 
 
 def _child(stage: str, variant: str, steps: int, overrides: list[str]) -> dict:
