@@ -180,6 +180,24 @@ def erode_mask(mask: np.ndarray, pixels: int) -> np.ndarray:
     return binary.astype(bool)
 
 
+def offset_mask(mask: np.ndarray, offset: float) -> np.ndarray:
+    """Grow (offset > 0) or shrink (< 0) a (H, W) mask by a possibly fractional number of pixels, through the
+    distance map; returns bool.
+
+    The boundary lies between pixels, half a pixel from the centres on either side (as in
+    `signed_distance`): growing by r keeps every pixel whose centre lies within r of the boundary outside
+    it, i.e. within r + 1/2 of an object pixel's centre; shrinking by r drops the object pixels within r of
+    it. So 0.5 px adds (or peels) the 4-connected ring, 1 px the 8-connected one, 1.5 px reaches the pixels
+    2 away in a row, and so on: no rounding to whole pixels. 0 returns the mask (as bool).
+    """
+    inside = mask.astype(bool)
+    if offset == 0 or not inside.any() or (offset < 0 and inside.all()):
+        return inside.copy()
+    if offset > 0:
+        return inside | (ndimage.distance_transform_edt(~inside) <= offset + 0.5)
+    return inside & (ndimage.distance_transform_edt(inside) > -offset + 0.5)
+
+
 def resize_mask(mask: np.ndarray, shape: tuple[int, int], threshold: float = 0.5) -> np.ndarray:
     """Resize a (H, W) mask to ``shape`` = (height, width); returns bool.
 

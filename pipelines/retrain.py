@@ -51,7 +51,7 @@ from prefect.settings import (
 from pipelines import registry
 from pipelines.common import git_revision
 from pipelines.params import load_params
-from pipelines.tracking import PIPELINE_RUN_ENV, kill_orphaned_runs, start_stage_run, tracking_uri
+from pipelines.tracking import PIPELINE_RUN_ENV, absolute_uri, kill_orphaned_runs, start_stage_run, tracking_uri
 
 EXPERIMENT = "object-removal"  # the stages' experiment
 CHAMPION_FILE = Path("models/champion/champion.json")
@@ -77,14 +77,6 @@ def stage_order(repo: Path) -> list[str]:
         graph = dvc.index.graph.reverse()  # DVC's edges point from a stage to what it depends on
         ordered = nx.lexicographical_topological_sort(graph, key=lambda stage: f"{position[stage.name]:04d}")
         return [stage.name for stage in ordered]
-
-
-def absolute_uri(uri: str, root: Path) -> str:
-    """A relative SQLite URI made absolute against the repository, so every process opens the same file."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
-        return prefix + str((root / uri.removeprefix(prefix)).resolve())
-    return uri
 
 
 @task(task_run_name="dvc repro {stage}")

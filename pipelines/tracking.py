@@ -1,8 +1,8 @@
 """MLflow tracking for the stages: one run per stage execution, with provenance and an honest end status.
 
-- Store: `sqlite:///mlflow.db` in the working directory (the repo root under DVC) unless
-  `MLFLOW_TRACKING_URI` says otherwise; read when a run starts, never at import. For a SQLite store the
-  artifacts go to `mlartifacts/` beside the database file, on local disk (set as the experiment's
+- Store: `sqlite:///mlflow.db` in the DVC repository's root (`DVC_ROOT`; outside DVC the working
+  directory) unless `MLFLOW_TRACKING_URI` says otherwise; read when a run starts, never at import. For a
+  SQLite store the artifacts go to `mlartifacts/` beside the database file, on local disk (set as the experiment's
   `artifact_location`, so it holds only for experiments this module creates).
 - A run's status is owned by `start_stage_run` alone: FINISHED on a normal exit, FAILED on an exception,
   KILLED on SIGTERM or Ctrl-C. SIGTERM is turned into a `StageTerminated` exception (a `SystemExit`,
@@ -72,8 +72,22 @@ class StageRun:
 
 
 def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI`, or a SQLite file in the working directory."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """`MLFLOW_TRACKING_URI`, or the SQLite file `mlflow.db` of the DVC repository: DVC sets `DVC_ROOT` for
+    every stage command, to the repository's root also when a queued experiment runs in a temporary
+    folder (`.dvc/tmp/exps/...`), so those runs land in the same store; outside DVC, the working directory's."""
+    explicit = os.environ.get("MLFLOW_TRACKING_URI")
+    if explicit:
+        return explicit
+    root = os.environ.get("DVC_ROOT")
+    return absolute_uri(DEFAULT_TRACKING_URI, Path(root)) if root else DEFAULT_TRACKING_URI
+
+
+def absolute_uri(uri: str, root: Path) -> str:
+    """A relative SQLite URI made absolute against `root`, so every process opens the same file."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and ":memory:" not in uri:
+        return prefix + str((Path(root) / uri.removeprefix(prefix)).resolve())
+    return uri
 
 
 def artifact_location(uri: str, experiment: str) -> str | None:
@@ -251,13 +265,17 @@ def _experiment_id(client: MlflowClient, name: str, location: str | None) -> str
 
 
 def _provenance_tags(stage: str, params: Mapping[str, Any]) -> dict[str, str]:
-    return {
+    tags = {
         "stage": stage,
         "git_revision": git_revision() or "unknown",
         "git_dirty": _git_dirty(),
         **owner_tags(),
         "params_hash": params_hash(params),
     }
+    if os.environ.get("DVC_EXP_NAME"):  # a DVC experiment (`dvc exp run`): its name and baseline commit
+        tags["dvc_experiment"] = os.environ["DVC_EXP_NAME"]
+        tags["dvc_baseline"] = os.environ.get("DVC_EXP_BASELINE_REV", "unknown")
+    return tags
 
 
 def _git_dirty() -> str:

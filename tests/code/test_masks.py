@@ -9,7 +9,15 @@ import torch
 from skimage.feature import canny
 
 from components.buckets import bucket_of
-from components.masks import canny_edges, dilate_mask, erode_mask, free_form_mask, resize_mask, to_gray
+from components.masks import (
+    canny_edges,
+    dilate_mask,
+    erode_mask,
+    free_form_mask,
+    offset_mask,
+    resize_mask,
+    to_gray,
+)
 
 BUCKETS = [0.0, 0.1, 0.2, 0.3, 0.4]
 
@@ -129,3 +137,24 @@ def test_resize_mask_round_trips_integer_scales():
     assert up.shape == (24, 20) and up.dtype == bool
     assert np.array_equal(up, np.kron(mask, np.ones((2, 2), bool)))
     assert np.array_equal(resize_mask(up, (12, 10)), mask)
+
+
+def test_offset_mask_grows_and_shrinks_by_fractional_pixels_through_the_distance_map():
+    square = np.zeros((21, 21), bool)
+    square[8:13, 8:13] = True  # 5 x 5
+    assert (offset_mask(square, 0) == square).all()
+    ring4 = offset_mask(square, 0.5)  # the 4-connected ring: the sides, not the corners
+    assert ring4.sum() == 25 + 4 * 5 and not ring4[7, 7] and ring4[7, 8]
+    ring8 = offset_mask(square, 1)  # the 8-connected ring: the corners too (sqrt 2 <= 1.5)
+    assert ring8.sum() == 49 and ring8[7, 7]
+    assert offset_mask(square, 1.5).sum() == 49 + 4 * 5  # 2 away in a row (2 <= 2.0); diagonal 2.24 not yet
+    peeled = offset_mask(square, -0.5)  # the outer ring of the square: 3 x 3 left
+    assert peeled.sum() == 9 and peeled[9:12, 9:12].all()
+    assert offset_mask(square, -2.5).sum() == 0
+    grown = [offset_mask(square, r).sum() for r in (0, 0.5, 1, 1.5, 2, 2.5)]
+    assert grown == sorted(grown) and len(set(grown)) == len(grown)  # every fractional step changes the mask
+    assert not offset_mask(np.zeros((5, 5)), 3).any()  # nothing to grow from
+    disk = _disk_mask(20)
+    for r in (1.5, 2.5, 4.0):  # a disk's radius (from its area) moves by r, to half a pixel
+        assert abs(_radius(offset_mask(disk, r)) - _radius(disk) - r) < 0.5, r
+        assert abs(_radius(disk) - _radius(offset_mask(disk, -r)) - r) < 0.5, r

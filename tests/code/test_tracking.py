@@ -250,3 +250,23 @@ def test_lightning_metrics_go_to_the_stage_run(client: MlflowClient, experiment:
     assert history[0].step < history[1].step
     assert all(math.isfinite(m.value) and m.value > 0 for m in history)
     assert client.get_run(run.run_id).info.status == "FINISHED"
+
+
+def test_the_default_store_is_the_dvc_repositorys_also_inside_a_queued_experiment(tmp_path, monkeypatch):
+    """DVC sets DVC_ROOT for every stage command, to the repository also when a queued experiment runs in
+    `.dvc/tmp/exps/...`: the stage's runs land in the repository's mlflow.db, tagged with the experiment."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert tracking_uri() == "sqlite:///mlflow.db"
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    uri = tracking_uri()
+    assert uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("DVC_EXP_NAME", "paper-t2-random")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "0" * 40)
+    monkeypatch.chdir(tmp_path)
+    with start_stage_run("exp-test", "evaluate", {"a": 1}) as run:
+        pass
+    tags = MlflowClient(uri).get_run(run.run_id).data.tags
+    assert tags["dvc_experiment"] == "paper-t2-random" and tags["dvc_baseline"] == "0" * 40
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/mlflow.db")
+    assert tracking_uri() == "sqlite:////elsewhere/mlflow.db"  # an explicit store wins
