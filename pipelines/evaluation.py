@@ -31,7 +31,7 @@ import torch
 
 from components import inference
 from components.backends import Backend
-from components.masks import dilate_mask, erode_mask, offset_mask
+from components.masks import dilate_mask, erode_mask
 from components.metrics import (
     area_ratio,
     clean_removal,
@@ -146,36 +146,6 @@ def evaluate_batches(
             result.samples.setdefault(key, []).append(batch[key])
         pair += n
     return result
-
-
-@torch.no_grad()
-def evaluate_inpainter(batches, model: Backend, offsets: dict[str, float], canny_sigma: float) -> list[dict]:
-    """The model's inpainters on each pair's true mask M_G grown or shrunk by each offset (`offsets`: label
-    -> working-resolution px, fractional through the distance map: components.masks.offset_mask), and
-    OpenCV Telea on M_G itself (label "telea"). Rows: label, pair, bucket, PSNR and SSIM of the whole
-    image, PSNR inside M_G. The segmentation inpainter's input is the model's own segmentation of I."""
-    rows: list[dict] = []
-    pair = 0
-    for batch in batches:
-        image, target, true = batch["image"], batch["background"], batch["mask"]
-        probabilities, _ = segment(model, image)
-        fills = {label: inpaint(model, image, offset_masks(true, offset), probabilities, canny_sigma)
-                 for label, offset in offsets.items()}
-        fills["telea"] = classical_fill(image, true, cv2.INPAINT_TELEA)
-        for label, composite in fills.items():
-            scores = {"psnr": psnr(composite, target), "ssim": ssim(composite, target),
-                      "psnr_mask": psnr(composite, target, mask=true)}
-            for i in range(len(image)):
-                rows.append({"offset": label, "pair": pair + i, "bucket": batch["bucket"][i],
-                             **{k: float(v[i]) for k, v in scores.items()}})
-        pair += len(image)
-    return rows
-
-
-def offset_masks(mask: torch.Tensor, offset: float) -> torch.Tensor:
-    """`components.masks.offset_mask` on each (B, 1, H, W) mask."""
-    out = [offset_mask(m, offset) for m in mask[:, 0].cpu().numpy() > 0.5]
-    return torch.from_numpy(np.stack(out)).to(mask)[:, None]
 
 
 def _mean(values: list[float]) -> float | None:
