@@ -12,7 +12,9 @@ model store (`$BENTOML_HOME/models`), and the Bento that serves exactly that ver
   (`$BENTOML_HOME/.staging/<pid>-<random>`, a store of its own, in a subprocess) and then moved into the
   store with one `rename` per version (atomic on one file system): a kill leaves the whole version or none.
   `clean` (run at the start of every import) deletes staging folders whose process is gone and any
-  `object-removal` version folder without its manifest or files.
+  `object-removal` version folder without its manifest or files. On Linux the subprocess that fills a
+  staging store is killed with its parent (`PR_SET_PDEATHSIG`), so a killed import leaves no orphan still
+  writing into a folder that the next import deletes.
 """
 
 from __future__ import annotations
@@ -124,10 +126,26 @@ def in_store(store: Path, command: list[str]) -> dict:
     """`python -m serving.store <command>` with `store` as its BentoML home; its JSON answer."""
     env = {**os.environ, "BENTOML_HOME": str(store), "BENTOML_DO_NOT_TRACK": "True"}
     done = subprocess.run([sys.executable, "-m", "serving.store", *command], env=env, capture_output=True, text=True,
-                          cwd=Path(__file__).resolve().parents[1])
+                          cwd=Path(__file__).resolve().parents[1], preexec_fn=_die_with(os.getpid()))
     if done.returncode != 0:
         raise RuntimeError(f"serving.store {command[0]} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _die_with(parent: int):
+    """A `preexec_fn` that has the kernel SIGKILL the child when `parent` dies (Linux; elsewhere None)."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def arm() -> None:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return arm
 
 
 def publish(source: Path, target: Path) -> list[str]:

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow import MlflowClient
 
@@ -129,9 +130,16 @@ def test_a_store_import_killed_mid_copy_leaves_nothing_and_the_rerun_imports_it_
     copying = lambda: any((home / store.STAGING).glob("*/models/object-removal/v1/*.onnx"))  # noqa: E731
     try:
         wait_for(copying, process, "copy into the staging store")
+        children = psutil.Process(process.pid).children(recursive=True)  # the subprocess filling the staging store
+        for child in children:
+            child.suspend()  # so it cannot finish the copy on its own: only its parent's death can end it
     finally:
         process.kill()
         process.wait(30)
+    _, orphans = psutil.wait_procs(children, timeout=10)
+    for orphan in orphans:
+        orphan.kill()
+    assert children and orphans == []  # it died with its parent
     assert any((home / store.STAGING).glob("*/models/object-removal/v1"))  # killed mid-import, in staging
     assert store.models(home) == [] and listed_models(home) == []
 
