@@ -1,6 +1,7 @@
 # Two commands set up a fresh machine and do the work:
 #   make run    virtual environment + locked install, then the retraining flow on the built-in data: every DVC
 #               stage, the MLflow registry (champion/challenger), the champion's Bento
+#   make paper  the paper's Tables I-V as queued DVC experiments on make run's results: reports/paper.md
 #   make serve  the champion's Bento on http://127.0.0.1:3000 (HOST=..., PORT=...)
 #   make ui     the MLflow UI on http://127.0.0.1:5000 (UI_PORT=...); make prefect-ui: Prefect's, 4200 (PREFECT_PORT)
 #   make test   virtual environment + locked install, then the test suite
@@ -38,7 +39,7 @@ PREFECT_PORT ?= 4200
 PLOTS := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))plots
 PLOTS_OUT ?= dvc_plots
 
-.PHONY: install browser run serve test ui prefect-ui plots lock lint clean-venv
+.PHONY: install browser run paper serve test ui prefect-ui plots lock lint clean-venv
 
 # --compile-bytecode: the packages' .pyc files are written at install. Python never writes them itself where
 # PYTHONDONTWRITEBYTECODE is set (as on this machine), and then every process (each DVC stage, each `dvc`
@@ -61,6 +62,11 @@ browser:
 run: install
 	$(BIN)/python -m pipelines.retrain --host $(HOST) --port $(PORT) --ui-port $(UI_PORT) --prefect-port $(PREFECT_PORT)
 	$(BIN)/dvc status
+
+# The paper's Tables I-V as DVC experiments queued on the workspace's results (after make run; see the README):
+# reports/paper.md, reports/paper.json, reports/paper/*.png. FORCE=1 runs the experiments that exist again.
+paper: install
+	$(BIN)/python -m pipelines.paper $(if $(FORCE),--force)
 
 # The current champion's Bento (a pinned model version; /info names it) on http://$(HOST):$(PORT)
 serve:

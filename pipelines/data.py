@@ -23,8 +23,12 @@ without any person, so it learns that a scene need not contain a target.
 
 With `mask_source="random"` the object is ignored: the photo is the background itself and the hole a
 free-form brush mask with a ratio drawn over the evaluation buckets (the paper's random-mask
-pretraining, Tables II and III). Augmentation (albumentations: flip, brightness/contrast) applies the
-same draw to I and I_G and to every mask, so I == I_G outside M_G still holds. Every random draw of
+pretraining, Tables II and III). With `object_pairs` = N, the object-mask items come from the first N
+pairs only, repeated to the split's length (item i shows pair i mod N, with item i's own random draws):
+a smaller object-mask training set for as many updates (the paper's Table III).
+
+Augmentation (albumentations: flip, brightness/contrast) applies the same draw to I and I_G and to
+every mask, so I == I_G outside M_G still holds. Every random draw of
 item i in epoch e comes from the seed (seed, e, i), so an item can be reproduced alone.
 """
 
@@ -70,7 +74,8 @@ def read_categories(pairs_root: str | Path) -> list[dict]:
 
 
 class PairsDataset(Dataset):
-    def __init__(self, config: PairsConfig, split: str, augment: bool, mask_source: MaskSource = "object"):
+    def __init__(self, config: PairsConfig, split: str, augment: bool, mask_source: MaskSource = "object",
+                 object_pairs: int | None = None):
         import albumentations as A  # on use: its import may look for updates unless told not to
 
         manifest = Path(config.root) / split / "manifest.jsonl"
@@ -78,6 +83,11 @@ class PairsDataset(Dataset):
             raise FileNotFoundError(f"manifest not found: {manifest} (run `dvc repro synthesize`)")
         self.records = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
         self.config, self.split, self.augment, self.mask_source = config, split, augment, mask_source
+        if object_pairs is not None and not 0 < object_pairs <= len(self.records):
+            raise ValueError(f"object_pairs is {object_pairs}, but the {split} split of {config.root} has "
+                             f"{len(self.records)} pairs (pretrain_inpainter.object_pairs: 1 to "
+                             f"{len(self.records)}, or null)")
+        self.object_pairs = object_pairs
         self.epoch = 0
         self.lut = np.zeros(256, np.int64)  # COCO id -> contiguous class
         for index, category_id in enumerate(config.class_ids):
@@ -114,8 +124,8 @@ class PairsDataset(Dataset):
         return np.ascontiguousarray(array[..., ::-1]) if kind == "rgb" else array
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        record = self.records[index]
-        files = record["files"]
+        source = index % self.object_pairs if self.object_pairs and self.mask_source == "object" else index
+        files = self.records[source]["files"]
         rng = np.random.default_rng([self.config.seed, self.epoch, index])
         background = self._read(files["backgrounds"], "rgb")
         bg_seg = self._read(files["bg_segs"], "labels")
@@ -156,13 +166,23 @@ class PairsDataset(Dataset):
         return item
 
 
+class WithBuckets(PairsDataset):
+    """Held-out pairs with their mask-ratio bucket (from the manifest) in each item: the evaluations'."""
+
+    def __getitem__(self, index: int) -> dict:
+        return {**super().__getitem__(index), "bucket": self.records[index]["bucket"]}
+
+
 class PairsDataModule(L.LightningDataModule):
-    def __init__(self, config: PairsConfig, batch_size: int, num_workers: int, mask_source: MaskSource = "object"):
+    def __init__(self, config: PairsConfig, batch_size: int, num_workers: int, mask_source: MaskSource = "object",
+                 object_pairs: int | None = None):
         super().__init__()
         self.config, self.batch_size, self.num_workers, self.mask_source = config, batch_size, num_workers, mask_source
+        self.object_pairs = object_pairs  # the training split's object-mask items: its first N pairs (None: all)
 
     def setup(self, stage: str | None = None) -> None:
-        self.train_set = PairsDataset(self.config, "train", augment=True, mask_source=self.mask_source)
+        self.train_set = PairsDataset(self.config, "train", augment=True, mask_source=self.mask_source,
+                                      object_pairs=self.object_pairs)
         self.val_set = PairsDataset(self.config, "val", augment=False, mask_source=self.mask_source)
         # the training loader drops the last partial batch: fewer pairs than one batch would train nothing
         if len(self.train_set) < self.batch_size:

@@ -1,4 +1,5 @@
-"""The evaluation: every method on the held-out pairs, metrics by mask-ratio bucket, the paper's Table I.
+"""The evaluation: every method on the held-out pairs, metrics by mask-ratio bucket; the inpainters alone on
+the true mask, eroded and dilated (the paper's Table I, stage evaluate_inpainter).
 
 Methods (all at the networks' working resolution, on the same test pairs):
 
@@ -23,6 +24,7 @@ Inception file is local.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import cv2
@@ -31,7 +33,7 @@ import torch
 
 from components import inference
 from components.backends import Backend
-from components.masks import dilate_mask, erode_mask
+from components.masks import dilate_mask, erode_mask, offset_mask
 from components.metrics import (
     area_ratio,
     clean_removal,
@@ -53,17 +55,19 @@ PER_PAIR = ("psnr", "ssim", "psnr_mask", "iou", "coverage", "over_expansion", "l
 class Evaluation:
     buckets: list[str]
     rows: list[dict] = field(default_factory=list)  # one per (method, pair)
-    table1: list[dict] = field(default_factory=list)  # one per (offset, pair)
     composites: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # method -> (B, 3, H, W) batches
     samples: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # image, masks, target batches
 
 
+def each_mask(mask: torch.Tensor, change: Callable[[np.ndarray], np.ndarray]) -> torch.Tensor:
+    """`change` (a boolean (H, W) array to another) on each (B, 1, H, W) mask."""
+    out = [change(m) for m in mask[:, 0].cpu().numpy() > 0.5]
+    return torch.from_numpy(np.stack(out)).to(mask)[:, None]
+
+
 def morph(mask: torch.Tensor, pixels: int) -> torch.Tensor:
     """Dilate (pixels > 0) or erode (< 0) each (B, 1, H, W) mask with a disk."""
-    out = []
-    for m in mask[:, 0].cpu().numpy() > 0.5:
-        out.append(dilate_mask(m, pixels) if pixels >= 0 else erode_mask(m, -pixels))
-    return torch.from_numpy(np.stack(out)).to(mask)[:, None]
+    return each_mask(mask, lambda m: dilate_mask(m, pixels) if pixels >= 0 else erode_mask(m, -pixels))
 
 
 def classical_fill(image: torch.Tensor, mask: torch.Tensor, method: int, radius: int = 3) -> torch.Tensor:
@@ -92,7 +96,7 @@ def inpaint(model: Backend, image: torch.Tensor, mask: torch.Tensor, probabiliti
 @torch.no_grad()
 def evaluate_batches(
     batches, models: dict[str, Backend], target_classes: list[int], dilation_px: int,
-    table1_offsets: list[int], buckets: list[str], canny_sigma: float, lpips: LPIPS | None = None,
+    buckets: list[str], canny_sigma: float, lpips: LPIPS | None = None,
     visible_threshold: float = 8 / 255, clean_share: float = 0.02,
 ) -> Evaluation:
     """Run every method on every batch (dicts from PairsDataset plus "bucket" labels). A model is a
@@ -136,16 +140,35 @@ def evaluate_batches(
                                     **{k: float(v[i]) for k, v in scores.items()}})
             result.composites.setdefault(name, []).append(composite)
             result.samples.setdefault(f"mask_{name}", []).append(mask)
-        for offset in table1_offsets:
-            composite = inpaint(pretrained, image, morph(true, offset), probs, canny_sigma)
-            scores = {"psnr": psnr(composite, target), "ssim": ssim(composite, target)}
-            for i in range(n):
-                result.table1.append({"offset_px": offset, "pair": pair + i, "bucket": batch["bucket"][i],
-                                      **{k: float(v[i]) for k, v in scores.items()}})
         for key in ("image", "background", "mask"):
             result.samples.setdefault(key, []).append(batch[key])
         pair += n
     return result
+
+
+@torch.no_grad()
+def evaluate_inpainter(batches, model: Backend, offsets: dict[str, float], canny_sigma: float) -> list[dict]:
+    """The model's inpainters on each pair's true mask M_G grown or shrunk by each offset (`offsets`: label
+    -> working-resolution px, fractional through the distance map: components.masks.offset_mask), and
+    OpenCV Telea on M_G itself (label "telea"). Rows: label, pair, bucket, PSNR and SSIM of the whole
+    image, PSNR inside M_G. The segmentation inpainter's input is the model's own segmentation of I."""
+    rows: list[dict] = []
+    pair = 0
+    for batch in batches:
+        image, target, true = batch["image"], batch["background"], batch["mask"]
+        probabilities, _ = segment(model, image)
+        fills = {label: inpaint(model, image, each_mask(true, lambda m, d=offset: offset_mask(m, d)), probabilities,
+                                canny_sigma)
+                 for label, offset in offsets.items()}
+        fills["telea"] = classical_fill(image, true, cv2.INPAINT_TELEA)
+        for label, composite in fills.items():
+            scores = {"psnr": psnr(composite, target), "ssim": ssim(composite, target),
+                      "psnr_mask": psnr(composite, target, mask=true)}
+            for i in range(len(image)):
+                rows.append({"offset": label, "pair": pair + i, "bucket": batch["bucket"][i],
+                             **{k: float(v[i]) for k, v in scores.items()}})
+        pair += len(image)
+    return rows
 
 
 def _mean(values: list[float]) -> float | None:
@@ -224,18 +247,14 @@ def markdown_report(metrics: dict, grid_name: str) -> str:
     table(f"Clean-removal rate (leftover share <= {metrics['clean_share']})", "clean", ".2f")
     if metrics["perceptual"].get("lpips") == "computed":
         table("LPIPS (VGG)", "lpips", ".4f")
-    lines.extend(["## Table I: the true mask eroded (-) or dilated (+), pretrained inpainters", "",
-                  "| offset px | " + " | ".join(buckets) + " |", "| --- |" + " --- |" * len(buckets)])
-    for offset, by_bucket in metrics["table1"].items():
-        cells = [f"{by_bucket[b]['psnr']:.2f} / {by_bucket[b]['ssim']:.3f}" if b in by_bucket else "-"
-                 for b in buckets]
-        lines.append(f"| {offset} | " + " | ".join(cells) + " |")
-    lines.extend(["", "PSNR / SSIM per cell.", "", "## Perceptual metrics", ""])
+    lines.extend(["## Perceptual metrics", ""])
     for name, status in metrics["perceptual"].items():
         lines.append(f"- {name}: {status}")
     if metrics.get("fid"):
         lines.append("- FID: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics["fid"].items()))
-    lines.extend(["", f"- Table II: {metrics['table2']}", "", "## Samples", "",
+    lines.extend(["", "The paper's Tables I-III (the inpainters on the true mask, eroded, dilated, trained on random "
+                  "masks) are stage evaluate_inpainter's (reports/inpainter_evaluation.json) and `make paper`'s "
+                  "(reports/paper.md).", "", "## Samples", "",
                   "Rows: best, median and worst pairs of the joint model by PSNR. Columns: input, predicted mask, "
                   "true mask, result, ground truth.", "", f"![samples]({grid_name})", ""])
     return "\n".join(lines)
@@ -252,15 +271,17 @@ def bucket_rows(metrics: dict, key: str) -> list[dict]:
     return rows
 
 
-def plot_rows(metrics: dict) -> tuple[list[dict], list[dict], list[dict]]:
-    """DVC plot data: PSNR and the clean-removal rate by bucket (bucket_rows), and Table I (x = offset px)
-    with a column per bucket."""
-    by_bucket, clean = bucket_rows(metrics, "psnr"), bucket_rows(metrics, "clean")
-    table1 = []
-    for offset, cells in metrics["table1"].items():
-        row = {"offset_px": int(offset)}
+def plot_rows(metrics: dict) -> tuple[list[dict], list[dict]]:
+    """DVC plot data: PSNR and the clean-removal rate by bucket (bucket_rows)."""
+    return bucket_rows(metrics, "psnr"), bucket_rows(metrics, "clean")
+
+
+def table1_rows(table1: dict) -> list[dict]:
+    """DVC plot data of the paper's Table I (stage evaluate_inpainter): x = the offset in paper px, a PSNR
+    column per bucket."""
+    rows = []
+    for offset, cells in table1.items():
+        row = {"offset_paper_px": float(offset)}
         row.update({f"psnr_{b}": c["psnr"] for b, c in cells.items()})
-        table1.append(row)
-    return by_bucket, clean, table1
-
-
+        rows.append(row)
+    return rows

@@ -205,6 +205,7 @@ class PretrainInpainterParams(Section):
     seed: Seed
     epochs: PositiveInt
     random_mask_epochs: Annotated[int, Field(ge=0)]  # first epochs on free-form masks (paper Tables II/III)
+    object_pairs: PositiveInt | None  # the object-mask epochs use the first N training pairs (paper Table III)
     batch_size: PositiveInt
     lr: Annotated[float, Field(gt=0)]
     d_lr_ratio: Annotated[float, Field(gt=0)]  # discriminator lr = d_lr_ratio x generator lr
@@ -257,7 +258,6 @@ class EvaluateParams(Section):
     split: Literal["val", "test"]  # the held-out pairs to score (test: never seen in training or selection)
     batch_size: PositiveInt
     dilation_px: Annotated[int, Field(ge=0)]  # the fixed-dilation baseline: the pretrained mask grown by k px
-    table1_offsets_px: Annotated[list[int], Field(min_length=1)]  # the paper's Table I: -2, 0, 2, 4, 6, 8
     samples_per_case: PositiveInt  # pairs per row group (best, median, worst) of reports/samples.png
     visible_threshold: Annotated[int, Field(ge=0, le=254)]  # grey levels: |I - I_G| above it is visible object
     clean_share: Fraction  # a removal is clean when at most this share of the visible object is outside the mask
@@ -270,6 +270,32 @@ class EvaluateParams(Section):
         if bool(self.lpips_vgg16_weights) != bool(self.lpips_heads):
             raise ValueError("LPIPS needs both lpips_vgg16_weights and lpips_heads (or neither)")
         return self
+
+
+class EvaluateInpainterParams(Section):
+    """The pretrained inpainters on the true mask, eroded and dilated (the paper's Table I)."""
+
+    split: Literal["val", "test"]
+    batch_size: PositiveInt
+    offsets_paper_px: Annotated[list[float], Field(min_length=1)]  # - erodes, + dilates, in the paper's pixels
+    paper_image_size: PositiveInt  # the paper's image size (256): offsets scale by networks.image_size / this
+
+
+class PaperParams(Section):
+    """`make paper` (pipelines/paper.py): which DVC experiments reproduce the paper's Tables II-V."""
+
+    seeds: Annotated[list[Seed], Field(min_length=1)]  # finetune_joint.seed of Tables IV and V (mean, sd)
+    alphas: Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1)]  # Table IV: MEL's alpha
+    random_mask_epochs: PositiveInt  # Table II: the inpainter trained on random masks only, for this many epochs
+    finetune_epochs: PositiveInt  # Table III: then this many epochs on object masks
+    finetune_pairs: Annotated[list[PositiveInt], Field(min_length=1)]  # Table III: the object-mask set sizes
+
+    @field_validator("seeds", "alphas", "finetune_pairs")
+    @classmethod
+    def _distinct(cls, value: list) -> list:
+        if len(set(value)) != len(value):
+            raise ValueError(f"values must be distinct, got {value}")
+        return value
 
 
 class ExportParams(Section):
@@ -302,9 +328,11 @@ class Params(Section):
     pretrain_inpainter: PretrainInpainterParams
     finetune_joint: FinetuneJointParams
     evaluate: EvaluateParams
+    evaluate_inpainter: EvaluateInpainterParams
     export: ExportParams
     package: PackageParams
     registry: RegistryParams
+    paper: PaperParams
 
     @field_validator("mask_ratio_buckets")
     @classmethod

@@ -1,10 +1,10 @@
 """python -m pipelines.stages.evaluate [--params params.yaml]
 
 Stage `evaluate`: every method (pipelines/evaluation.py) on the held-out `evaluate.split` pairs, by
-mask-ratio bucket, plus the paper's Table I (the true mask eroded / dilated, pretrained inpainters).
+mask-ratio bucket (the paper's Table I, the inpainters alone, is stage evaluate_inpainter's).
 Writes `reports/metrics.json` (the full table; its headline, `reports/headline/evaluate.json`, is the DVC
 metric: the joint model on the whole split), `reports/plots/evaluate_buckets.json` and
-`reports/plots/table1.json` (`dvc plots show`), `reports/samples.png` (best / median / worst pairs)
+`reports/plots/evaluate_clean.json` (`dvc plots show`), `reports/samples.png` (best / median / worst pairs)
 and `reports/evaluation.md`; logs all of it to an MLflow run. LPIPS and FID run only when their
 weights are local files named in `evaluate.*`; otherwise the report says they were skipped and why.
 """
@@ -23,7 +23,7 @@ from components.perceptual_metrics import load_inception, load_lpips
 from components.torch_backend import TorchBackend
 from pipelines.checkpoints import inpainters_from, read_checkpoint, segmenter_from
 from pipelines.common import params_hash, stage_main, write_headline, write_json
-from pipelines.data import PairsDataset, pairs_config
+from pipelines.data import WithBuckets, pairs_config
 from pipelines.evaluation import (
     PER_PAIR,
     evaluate_batches,
@@ -39,13 +39,6 @@ from pipelines.tracking import start_stage_run
 
 log = logging.getLogger("evaluate")
 STAGE = "evaluate"
-
-
-class WithBuckets(PairsDataset):
-    """Test pairs with their mask-ratio bucket (from the manifest) in each item."""
-
-    def __getitem__(self, index: int) -> dict:
-        return {**super().__getitem__(index), "bucket": self.records[index]["bucket"]}
 
 
 def load_models(params: Params) -> dict[str, TorchBackend]:
@@ -81,21 +74,17 @@ def run(params: Params, experiment: str = "object-removal") -> dict:
     perceptual["fid"] = ("computed over the whole split" if inception is not None else
                          "skipped: evaluate.fid_inception names no local TorchScript file (nothing is downloaded)")
 
-    result = evaluate_batches(loader, models, targets, p.dilation_px, p.table1_offsets_px, buckets, canny_sigma, lpips,
+    result = evaluate_batches(loader, models, targets, p.dilation_px, buckets, canny_sigma, lpips,
                               visible_threshold=p.visible_threshold / 255, clean_share=p.clean_share)
     metrics = {
         "split": p.split, "pairs": len(dataset), "image_size": params.networks.image_size, "buckets": buckets,
         "visible_threshold": p.visible_threshold, "clean_share": p.clean_share,
         "methods": summarize(result.rows, PER_PAIR, "method", buckets),
-        "table1": summarize(result.table1, ("psnr", "ssim"), "offset_px", buckets),
         "perceptual": perceptual,
         "fid": fid_scores(result, inception) if inception is not None else None,
-        "table2": ("skipped: the paper's Table II compares inpainters pretrained on random vs object masks; this "
-                   "pipeline pretrains one inpainter (pretrain_inpainter.random_mask_epochs sets its random-mask "
-                   "warm-up), so there is no random-mask-only model to compare"),
     }
     grid, picked = sample_grid(result, "joint_mel", p.samples_per_case)
-    by_bucket, clean, table1 = plot_rows(metrics)
+    by_bucket, clean = plot_rows(metrics)
     section = {"evaluate": p.model_dump(mode="json"), "networks": params.networks.model_dump(mode="json")}
     with start_stage_run(experiment, STAGE, section) as tracked:
         write_json(reports / "metrics.json", metrics)
@@ -105,11 +94,9 @@ def run(params: Params, experiment: str = "object-removal") -> dict:
                                         "clean": joint["clean"]})
         write_json(reports / "plots" / "evaluate_buckets.json", by_bucket)
         write_json(reports / "plots" / "evaluate_clean.json", clean)
-        write_json(reports / "plots" / "table1.json", table1)
         cv2.imwrite(str(reports / "samples.png"), grid[..., ::-1])
         (reports / "evaluation.md").write_text(markdown_report(metrics, "samples.png"))
-        mlflow.log_metrics(flat_metrics({"methods": metrics["methods"], "table1": metrics["table1"],
-                                         "fid": metrics["fid"] or {}}))
+        mlflow.log_metrics(flat_metrics({"methods": metrics["methods"], "fid": metrics["fid"] or {}}))
         for name in ("metrics.json", "evaluation.md", "samples.png"):
             mlflow.log_artifact(str(reports / name), artifact_path="evaluation")
         mlflow.set_tag("samples", str(picked))

@@ -2,10 +2,11 @@
 
 Stage `pretrain_inpainter`: the edge, segmentation and image inpainters (EdgeConnect-style, with
 PatchGAN discriminators) on the synthesized pairs' true masks `M_G`, optionally on free-form random
-masks for the first `random_mask_epochs`. Tracked in MLflow. Writes `paths.inpainter/{last,best}.ckpt`
-and `inpainter.json`, `reports/pretrain_inpainter.json` (final val metrics, with the OpenCV Telea
-baseline on the same masks) and `reports/plots/pretrain_inpainter.json`. Resumes from `last.ckpt`
-after a kill when the params are unchanged.
+masks for the first `random_mask_epochs`, and then on the first `object_pairs` training pairs only
+when that is set (the paper's Tables II and III: `make paper`). Tracked in MLflow. Writes
+`paths.inpainter/{last,best}.ckpt` and `inpainter.json`, `reports/pretrain_inpainter.json` (final val
+metrics, with the OpenCV Telea baseline on the same masks) and `reports/plots/pretrain_inpainter.json`.
+Resumes from `last.ckpt` after a kill when the params are unchanged.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def build(params: Params) -> StageFit:
     config = inpainting_config(nets, len(categories) + 1)
     module = InpainterModule(config, loss_weights(p.losses), optim_config(p), features=p.features,
                              vgg19_weights=p.vgg19_weights, image_inputs=p.image_inputs)
-    data = PairsDataModule(data_config, p.batch_size, params.trainer.num_workers)
+    data = PairsDataModule(data_config, p.batch_size, params.trainer.num_workers, object_pairs=p.object_pairs)
     return StageFit(STAGE, section, module, data, params.trainer, p.epochs, Path(params.paths.inpainter),
                     Path(params.paths.reports), "val/psnr_mask", "inpainter", asdict(config),
                     {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],

@@ -25,6 +25,7 @@ from typing import Any
 import lightning as L
 import mlflow
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from pipelines.common import git_revision, params_hash, write_headline, write_json
@@ -113,7 +114,12 @@ class EpochMetricsFile(Callback):
     def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.rows = [r for r in self.rows if r["epoch"] < trainer.current_epoch]  # what the checkpoint holds
         if trainer.global_rank == 0:
-            write_json(self.path, self.rows)  # also when a finished run is resumed and no epoch runs
+            write_json(self.path, self.rows)
+
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # a finished run resumed from its last.ckpt runs no epoch and never calls on_train_start
+        if trainer.global_rank == 0:
+            write_json(self.path, self.rows)
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
@@ -189,6 +195,29 @@ def trainer_arguments(params: TrainerParams, max_epochs: int) -> dict[str, Any]:
             "log_every_n_steps": params.log_every_n_steps}
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic on any local filesystem: the checkpoint goes to a temporary
+    file beside its target, is flushed to disk, then renamed over it (os.replace). A kill at any moment
+    leaves the previous `last.ckpt` / `best.ckpt` or the new one, never a truncated file. (Lightning's own
+    write stages the file in the system temp folder and moves it, which is a copy, not a rename, when that
+    folder is on another filesystem.)"""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        try:
+            with open(partial, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+
+
 def build_trainer(
     params: TrainerParams, max_epochs: int, folder: Path, monitor: str, mode: str, logger: Any,
     plots: Path, extra_callbacks: list[Callback] | None = None, stage: str = "training",
@@ -206,6 +235,7 @@ def build_trainer(
         callbacks=[best, last, EpochMetricsFile(plots), StartStep(), LearningRates(), ProgressLog(stage),
                    *(extra_callbacks or [])],
         enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False, default_root_dir=str(folder),
+        plugins=[AtomicCheckpointIO()],
     )
 
 

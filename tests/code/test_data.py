@@ -55,3 +55,17 @@ def test_random_masks_replace_the_object(pairs):
 def test_missing_pairs_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `dvc repro synthesize`"):
         pairs_config(str(tmp_path / "none"), 32, 1.0, 0)
+
+
+def test_object_pairs_draw_the_object_items_from_the_first_n_pairs(pairs):
+    config, _, _ = pairs_config(pairs, 32, 1.0, seed=0)
+    full = PairsDataset(config, "train", augment=False)
+    few = PairsDataset(config, "train", augment=False, object_pairs=3)
+    assert len(few) == len(full)  # as many items (so as many updates) from a smaller set
+    for index in range(len(few)):
+        assert torch.equal(few[index]["mask"], full[index % 3]["mask"])
+        assert torch.equal(few[index]["image"], full[index % 3]["image"])
+    few.mask_source = "random"  # the random-mask epochs still see every background
+    assert not torch.equal(few[3]["background"], few[0]["background"])
+    with pytest.raises(ValueError, match=r"object_pairs is 999, but the train split .* has \d+ pairs"):
+        PairsDataset(config, "train", augment=False, object_pairs=999)

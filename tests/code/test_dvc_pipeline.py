@@ -71,7 +71,7 @@ def test_whole_graph_then_an_alpha_experiment_changes_the_metrics(built, flow_ru
            "BENTOML_DO_NOT_TRACK": "True"}
     ran = flow_run[1].result()["stages"]  # the flow's `dvc repro <stage>` of each stage
     for stage in ("pretrain_segmenter", "pretrain_inpainter", "finetune_joint", "finetune_joint_ablation", "evaluate",
-                  "export", "package"):
+                  "evaluate_inpainter", "export", "package"):
         assert ran[stage] == "ran", stage
     assert "up to date" in _sh(repo, "dvc", "status", env=env)  # the copy too: dvc.lock matches its files
     assert {p.name for p in (repo / "models" / "onnx").iterdir()} == {"segmenter.onnx", "inpainter.onnx", "model.json"}
@@ -82,7 +82,8 @@ def test_whole_graph_then_an_alpha_experiment_changes_the_metrics(built, flow_ru
     # `dvc metrics show`: one narrow headline per stage; the full tables are outputs, not metrics
     shown = json.loads(_sh(repo, "dvc", "metrics", "show", "--json", env=env))[""]["data"]
     headlines = {f"reports/headline/{stage}.json" for stage in ("scenes", "synthesize", "pretrain_segmenter",
-                 "pretrain_inpainter", "finetune_joint", "finetune_joint_ablation", "evaluate")}
+                 "pretrain_inpainter", "finetune_joint", "finetune_joint_ablation", "evaluate",
+                                                                       "evaluate_inpainter")}
     assert set(shown) == headlines | {"reports/export.json"}
     evaluate_headline = shown["reports/headline/evaluate.json"]["data"]
     assert evaluate_headline["psnr"] == round(metrics["methods"]["joint_mel"]["all"]["psnr"], 4)

@@ -11,7 +11,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from components.metrics import area_ratio, clean_removal, leftover_share, visible_change
 from components.perceptual_metrics import LPIPS, frechet_distance, inception_features, load_inception, load_lpips
-from pipelines.evaluation import flat_metrics, markdown_report, morph, plot_rows, summarize
+from pipelines.evaluation import flat_metrics, markdown_report, morph, plot_rows, summarize, table1_rows
 
 
 class TinyInception(nn.Module):
@@ -118,13 +118,12 @@ def test_summary_plots_and_report():
                "clean_share": 0.02,
                "methods": summarize(rows, ("psnr", "ssim", "psnr_mask", "iou", "coverage", "over_expansion",
                                            "leftover_share", "clean"), "method", ["0-10", "10-20"]),
-               "table1": {"-2": {"0-10": {"psnr": 20.0, "ssim": 0.7, "n": 2}, "all": {"psnr": 21.0, "ssim": 0.7}}},
-               "perceptual": {"lpips": "skipped: no files", "fid": "skipped: no file"}, "fid": None,
-               "table2": "skipped: no random-mask model"}
-    by_bucket, clean, table1 = plot_rows(metrics)
+               "perceptual": {"lpips": "skipped: no files", "fid": "skipped: no file"}, "fid": None}
+    by_bucket, clean = plot_rows(metrics)
     assert by_bucket[0] == {"mask_ratio_pct": 5.0, "joint_mel": 31.0, "pretrained": 26.0}
     assert clean[0] == {"mask_ratio_pct": 5.0, "joint_mel": 0.5, "pretrained": 0.5}
-    assert table1 == [{"offset_px": -2, "psnr_0-10": 20.0, "psnr_all": 21.0}]
+    table1 = {"-2": {"0-10": {"psnr": 20.0, "ssim": 0.7, "n": 2}, "all": {"psnr": 21.0, "ssim": 0.7}}}
+    assert table1_rows(table1) == [{"offset_paper_px": -2.0, "psnr_0-10": 20.0, "psnr_all": 21.0}]
     report = markdown_report(metrics, "samples.png")
     assert "| joint_mel | 31.00 | 29.00 | 30.33 |" in report and "lpips: skipped: no files" in report
     assert "![samples](samples.png)" in report

@@ -82,6 +82,8 @@ def _changed(key: str, value):
         return value / 2 if value > 0 else 0.125
     if isinstance(value, list):
         return [_changed(key, value[0]), *value[1:]]
+    if key == "pretrain_inpainter.object_pairs":
+        return 4  # the first 4 training pairs
     if value is None:
         return "/weights/other.pth"
     if name in ALTERNATIVES:
@@ -96,7 +98,8 @@ def _observe(fit) -> str:
     optimizers = module.build_optimizers() if hasattr(module, "build_optimizers") else []
     groups = [{k: v for k, v in group.items() if k != "params"} for opt in optimizers for group in opt.param_groups]
     seen = {"hparams": dict(module.hparams), "data": asdict(data.config), "batch_size": data.batch_size,
-            "num_workers": data.num_workers, "mask_source": data.mask_source, "trainer": fit.trainer_arguments(),
+            "num_workers": data.num_workers, "mask_source": data.mask_source,
+            "object_pairs": getattr(data, "object_pairs", None), "trainer": fit.trainer_arguments(),
             "random_mask_epochs": fit.random_mask_epochs, "folder": str(fit.folder), "seed": torch.initial_seed(),
             "optimizers": groups, "channels_last": sorted(
                 name for name, p in module.named_parameters()

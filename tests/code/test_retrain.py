@@ -94,7 +94,8 @@ def test_the_flow_runs_every_stage_in_order_then_registers_promotes_and_packages
     children = client.search_runs([client.get_experiment_by_name(NAME).experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent}'")
     assert {r.data.tags["stage"] for r in children} >= {"pretrain_segmenter", "pretrain_inpainter", "finetune_joint",
-                                                       "finetune_joint_ablation", "evaluate", "register"}
+                                                       "finetune_joint_ablation", "evaluate", "evaluate_inpainter",
+                                                       "register"}
     assert all(r.data.tags["pipeline_run"] == parent for r in children)
 
     info = json.loads((repo / "models" / "champion" / "champion.json").read_text())

@@ -24,10 +24,9 @@ from torch.utils.data import DataLoader
 from components.torch_backend import TorchBackend
 from pipelines.checkpoints import inpainters_from, read_checkpoint, segmenter_from
 from pipelines.common import params_hash, stage_main, write_headline, write_json
-from pipelines.data import pairs_config
+from pipelines.data import WithBuckets, pairs_config
 from pipelines.evaluation import evaluate_inpainter, summarize, table1_rows
 from pipelines.params import Params
-from pipelines.stages.evaluate import WithBuckets
 from pipelines.tracking import flat_metrics, start_stage_run
 
 log = logging.getLogger("evaluate_inpainter")

@@ -65,10 +65,11 @@ class Planned:
     single_item: bool = False  # `-s`: only the targets, not their changed upstream stages
     key: Any = None  # the cell: a size (Table III), (alpha, seed) (Table IV), a seed (Table V)
 
-    def command(self) -> list[str]:
+    def command(self, copy_paths: tuple[str, ...] = ()) -> list[str]:
         sets = [arg for key, value in self.overrides.items() for arg in ("-S", f"{key}={_yaml_value(value)}")]
+        copies = [arg for path in copy_paths for arg in ("-C", path)]
         return ["dvc", "exp", "run", "--queue", "-n", self.name, *(["-s"] if self.single_item else []), *sets,
-                *self.targets]
+                *copies, *self.targets]
 
 
 def _yaml_value(value: Any) -> str:
@@ -146,6 +147,29 @@ def read_at(root: Path, ref: str, path: str) -> str:
     return _run(root, "git", "show", f"{ref}:{path}")
 
 
+def untracked_outputs(root: Path) -> tuple[str, ...]:
+    """The baseline's git-tracked kind of outputs (`cache: false`: reports, headlines, plot data) that git
+    does not track yet, and dvc.lock if it is new. A queued experiment starts from HEAD plus the changes to
+    tracked files only, so without these (`dvc exp run -C`) it would see those stages' outputs missing and
+    run them again, and everything after them. A path in a folder git has nothing of is given as that
+    folder (DVC copies a -C path only into a folder that is already there)."""
+    untracked = set(_run(root, "git", "ls-files", "--others", "--exclude-standard", "-z").split("\0")) - {""}
+    tracked = set(_run(root, "git", "ls-files", "-z").split("\0")) - {""}
+    tracked_folders = {"/".join(Path(p).parts[:i]) for p in tracked for i in range(1, len(Path(p).parts))}
+    lock_file = root / "dvc.lock"
+    if not lock_file.is_file():
+        raise PaperError(f"{lock_file} is missing: run `make run` (or `dvc repro`) first")
+    lock = yaml.safe_load(lock_file.read_text()) or {}
+    outs = {out["path"] for stage in (lock.get("stages") or {}).values() for out in stage.get("outs", [])}
+    paths = {"dvc.lock"} & untracked
+    for out in outs:
+        if out in untracked or any(path.startswith(f"{out.rstrip('/')}/") for path in untracked):
+            parts = Path(out).parts
+            new_folder = next((i for i in range(1, len(parts)) if "/".join(parts[:i]) not in tracked_folders), None)
+            paths.add(out if new_folder is None else "/".join(parts[:new_folder]))
+    return tuple(sorted(paths))
+
+
 def queued_entries(root: Path, env: Mapping[str, str]) -> dict[str, str]:
     """name -> status of the entries in DVC's experiment queue (`dvc queue status`)."""
     entries = {}
@@ -188,10 +212,14 @@ def run_experiments(root: Path, planned: list[Planned], raw: Mapping, env: Mappi
         log.info("all %d experiments exist on baseline %s: reused", len(planned), outcome.baseline[:10])
         return outcome
     by_name = {exp.name: exp for exp in planned}
+    copy_paths = untracked_outputs(root)
+    if copy_paths:
+        log.info("the baseline's outputs git does not track yet go into each experiment (-C): %s",
+                 ", ".join(copy_paths))
     for name in outcome.ran:
         exp = by_name[name]
         log.info("queue %s (Table %s): %s", name, exp.table, " ".join(exp.command()[4:]))
-        _run(root, *exp.command(), env=env)
+        _run(root, *exp.command(copy_paths), env=env)
     log.info("running %d experiment(s) with one worker (`dvc queue status` shows them)", len(outcome.ran))
     done = subprocess.run(["dvc", "exp", "run", "--run-all", "-j", "1"], cwd=root, env=dict(env), check=False)
     finished = experiment_refs(root, outcome.baseline)
