@@ -11,14 +11,15 @@ them with their params and headline metrics. `paper` in params.yaml says which:
     Table I    the baseline's `evaluate_inpainter` stage (the true mask eroded / dilated)
     Table II   paper-t2-random: the inpainter trained on free-form random masks only
     Table III  paper-t3-pairs<N>: the same random-mask epochs, then fine-tuned on the first N object-mask pairs
+               (N: each of paper.finetune_pairs, at most the training split's pairs)
     Table IV   paper-t4-alpha<a>-seed<s>: the joint fine-tuning at MEL alpha a, seed s
                (`-s finetune_joint evaluate`: only the joint model is retrained; its row is joint_mel)
     Table V    paper-t5-seed<s>: the joint fine-tuning and its MEL-off ablation at seed s, every method
 
-An experiment already run on this baseline with exactly these params is reused (a killed `make paper`
-resumes); `--force` runs all again. The stages' MLflow runs (they log into the repository's store, also
-from DVC's temporary experiment folders) are grouped under one parent run `paper-<time>`, which carries
-the report, the tables as JSON and the plots.
+An experiment already run on this baseline with exactly these params (all but `paper` itself) is reused
+(a killed `make paper` resumes); `--force` runs all again. The stages' MLflow runs (they log into the
+repository's store, also from DVC's temporary experiment folders) are grouped under one parent run
+`paper-<time>`, which carries the report, the tables as JSON and the plots.
 """
 
 from __future__ import annotations
@@ -80,14 +81,37 @@ def alpha_key(alpha: float) -> str:
     return f"{alpha:g}"
 
 
-def plan(params: Params) -> list[Planned]:
-    """Every experiment the tables need beyond the baseline (the workspace's params)."""
+def object_pairs(sizes: list[int], train_pairs: int) -> list[int]:
+    """Table III's set sizes (`paper.finetune_pairs`) on a training split of `train_pairs`: a size above it
+    is the whole split (synthesize drops a pair whose object never reaches min_mask_ratio, so 2,000
+    planned pairs can be 1,999)."""
+    capped = [min(n, train_pairs) for n in sizes]
+    if len(set(capped)) != len(capped):
+        raise PaperError(f"paper.finetune_pairs {sizes} on a training split of {train_pairs} pairs are the sizes "
+                         f"{capped}, not distinct: use sizes of at most {train_pairs}")
+    for n, c in zip(sizes, capped, strict=True):
+        if n != c:
+            log.info("Table III: %d pairs asked, the training split has %d: all of them", n, c)
+    return capped
+
+
+def train_pairs(params: Params, root: Path) -> int:
+    """How many pairs the baseline's training split has (its manifest, stage synthesize's)."""
+    manifest = root / params.paths.pairs / "train" / "manifest.jsonl"
+    if not manifest.is_file():
+        raise PaperError(f"{manifest} is missing: run `make run` (or `dvc repro synthesize`) first")
+    return sum(1 for line in manifest.read_text().splitlines() if line.strip())
+
+
+def plan(params: Params, train_pairs: int) -> list[Planned]:
+    """Every experiment the tables need beyond the baseline (the workspace's params), for a training split
+    of `train_pairs` pairs."""
     p, joint = params.paper, params.finetune_joint
     alpha0, seed0 = joint.mel.alpha, joint.seed
     random = {"pretrain_inpainter.epochs": p.random_mask_epochs,
               "pretrain_inpainter.random_mask_epochs": p.random_mask_epochs}
     planned = [Planned("paper-t2-random", "II", random, ("evaluate_inpainter",))]
-    for n in p.finetune_pairs:
+    for n in object_pairs(list(p.finetune_pairs), train_pairs):
         overrides = {"pretrain_inpainter.epochs": p.random_mask_epochs + p.finetune_epochs,
                      "pretrain_inpainter.random_mask_epochs": p.random_mask_epochs,
                      "pretrain_inpainter.object_pairs": n}
@@ -187,6 +211,11 @@ class Outcome:
     ran: list[str] = field(default_factory=list)
 
 
+def stage_params(raw: Mapping) -> dict:
+    """params.yaml less its `paper` section, which no stage reads: what makes two experiments the same."""
+    return {key: value for key, value in raw.items() if key != "paper"}
+
+
 def run_experiments(root: Path, planned: list[Planned], raw: Mapping, env: Mapping[str, str],
                     force: bool = False) -> Outcome:
     """Queue what is missing (or stale, or all with `force`) and run the queue with one worker."""
@@ -195,8 +224,8 @@ def run_experiments(root: Path, planned: list[Planned], raw: Mapping, env: Mappi
     stale = []
     for exp in planned:
         ref = existing.get(exp.name)
-        if ref is not None and not force and yaml.safe_load(read_at(root, ref, "params.yaml")) == apply_overrides(
-                raw, exp.overrides):
+        if ref is not None and not force and stage_params(yaml.safe_load(read_at(root, ref, "params.yaml"))) == \
+                stage_params(apply_overrides(raw, exp.overrides)):
             outcome.reused.append(exp.name)
             continue
         if ref is not None:
@@ -278,7 +307,7 @@ def collect(root: Path, params: Params, planned: list[Planned], baseline: str) -
     }
     meta = {"buckets": buckets, "pairs": base_methods["pairs"], "split": base_methods["split"],
             "image_size": base_methods["image_size"], "seeds": list(p.seeds), "alpha": alpha0,
-            "table3_sizes": " / ".join(str(n) for n in p.finetune_pairs), "baseline": baseline}
+            "table3_sizes": " / ".join(f"{exp.key}" for exp in by_table.get("III", [])), "baseline": baseline}
     return tables, meta
 
 
@@ -314,7 +343,7 @@ def paper(root: Path, force: bool = False, report_only: bool = False) -> dict:
     root = root.resolve()
     params_path = root / "params.yaml"
     params, raw = load_params(params_path), yaml.safe_load(params_path.read_text())
-    planned = plan(params)
+    planned = plan(params, train_pairs(params, root))
     uri = absolute_uri(tracking_uri(), root)
     started = time.monotonic()
     section = {"paper": params.paper.model_dump(mode="json"), "experiments": [e.name for e in planned]}

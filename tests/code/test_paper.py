@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.paper import Planned, alpha_key, apply_overrides, plan
+from pipelines.paper import PaperError, Planned, alpha_key, apply_overrides, object_pairs, plan, stage_params
 from pipelines.params import parse_params
 from tests.conftest import built_repo_copy, repo_params_raw
 
@@ -27,8 +27,8 @@ def _paper_params(**paper) -> dict:
 
 def test_plan_names_one_experiment_per_cell_beyond_the_baseline():
     params = parse_params(_paper_params(seeds=[0, 1], alphas=[0.01, 0.03], finetune_pairs=[400, 2000]))
-    planned = {p.name: p for p in plan(params)}
-    assert set(planned) == {"paper-t2-random", "paper-t3-pairs400", "paper-t3-pairs2000", "paper-t5-seed1",
+    planned = {p.name: p for p in plan(params, train_pairs=1999)}
+    assert set(planned) == {"paper-t2-random", "paper-t3-pairs400", "paper-t3-pairs1999", "paper-t5-seed1",
                             "paper-t4-alpha0.01-seed0", "paper-t4-alpha0.01-seed1"}
     r = params.paper.random_mask_epochs
     assert planned["paper-t2-random"].overrides == {"pretrain_inpainter.epochs": r,
@@ -43,6 +43,21 @@ def test_plan_names_one_experiment_per_cell_beyond_the_baseline():
     # applied as DVC applies -S, the experiment's params validate
     parse_params(apply_overrides(_paper_params(), t3.overrides))
     assert alpha_key(0.05) == "0.05" and isinstance(Planned("x", "I", {}, ()).command(), list)
+    assert t4.command(("reports",))[-4:] == ["-C", "reports", "finetune_joint", "evaluate"]
+
+
+def test_table3_sizes_are_at_most_the_training_split_and_must_differ():
+    assert object_pairs([400, 1200, 2000], 1999) == [400, 1200, 1999]
+    with pytest.raises(PaperError, match=r"finetune_pairs \[8, 20\] on a training split of 8 pairs are the sizes "
+                                         r"\[8, 8\], not distinct"):
+        object_pairs([8, 20], 8)
+
+
+def test_an_experiment_is_the_same_whatever_the_paper_section_says():
+    raw = _paper_params()
+    other = _paper_params(seeds=[5, 6])
+    assert stage_params(raw) == stage_params(other) and raw != other
+    assert stage_params(raw) != stage_params(apply_overrides(raw, {"finetune_joint.seed": 9}))
 
 
 # ---- the machinery on the tiny repository --------------------------------------------------------------
