@@ -59,6 +59,11 @@ class Evaluation:
     samples: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # image, masks, target batches
 
 
+def bucket_order(records: list[dict]) -> list[str]:
+    """The manifest records' mask-ratio buckets, smallest ratio first (the tables' column order)."""
+    return list(dict.fromkeys(r["bucket"] for r in sorted(records, key=lambda r: r["mask_ratio"])))
+
+
 def each_mask(mask: torch.Tensor, change: Callable[[np.ndarray], np.ndarray]) -> torch.Tensor:
     """`change` (a boolean (H, W) array to another) on each (B, 1, H, W) mask."""
     out = [change(m) for m in mask[:, 0].cpu().numpy() > 0.5]

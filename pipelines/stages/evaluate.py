@@ -26,6 +26,7 @@ from pipelines.common import params_hash, stage_main, write_headline, write_json
 from pipelines.data import WithBuckets, pairs_config
 from pipelines.evaluation import (
     PER_PAIR,
+    bucket_order,
     evaluate_batches,
     fid_scores,
     flat_metrics,
@@ -62,7 +63,7 @@ def run(params: Params, experiment: str = "object-removal") -> dict:
     config, categories, targets = pairs_config(params.paths.pairs, params.networks.image_size, canny_sigma, 0)
     dataset = WithBuckets(config, p.split, augment=False)
     loader = DataLoader(dataset, batch_size=p.batch_size, shuffle=False, num_workers=0)
-    buckets = [b for b in dict.fromkeys(r["bucket"] for r in sorted(dataset.records, key=lambda r: r["mask_ratio"]))]
+    buckets = bucket_order(dataset.records)
     perceptual: dict[str, str] = {}
     lpips = None
     if p.lpips_vgg16_weights and p.lpips_heads:

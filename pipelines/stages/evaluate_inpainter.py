@@ -25,7 +25,7 @@ from components.torch_backend import TorchBackend
 from pipelines.checkpoints import inpainters_from, read_checkpoint, segmenter_from
 from pipelines.common import params_hash, stage_main, write_headline, write_json
 from pipelines.data import WithBuckets, pairs_config
-from pipelines.evaluation import evaluate_inpainter, summarize, table1_rows
+from pipelines.evaluation import bucket_order, evaluate_inpainter, summarize, table1_rows
 from pipelines.params import Params
 from pipelines.tracking import flat_metrics, start_stage_run
 
@@ -48,7 +48,7 @@ def run(params: Params, experiment: str = "object-removal") -> dict:
     config, _, _ = pairs_config(params.paths.pairs, size, canny_sigma, 0)
     dataset = WithBuckets(config, p.split, augment=False)
     loader = DataLoader(dataset, batch_size=p.batch_size, shuffle=False, num_workers=0)
-    buckets = list(dict.fromkeys(r["bucket"] for r in sorted(dataset.records, key=lambda r: r["mask_ratio"])))
+    buckets = bucket_order(dataset.records)
     offsets = working_offsets(p.offsets_paper_px, p.paper_image_size, size)
     if "0" not in offsets:
         offsets = {"0": 0.0, **offsets}  # the true mask itself: Tables II and III, the headline
