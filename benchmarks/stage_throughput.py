@@ -97,6 +97,14 @@ def _child(stage: str, variant: str, steps: int, overrides: list[str]) -> dict:
             "overrides": overrides}
 
 
+def _cpu_capability() -> str:
+    """The vector ISA PyTorch's CPU kernels use here (AVX2, AVX512, ...); bf16 is fast only with AVX512-BF16."""
+    import torch
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    return torch.backends.cpu.get_cpu_capability() + (" with avx512_bf16" if "avx512_bf16" in flags else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stages", choices=STAGES, nargs="+", default=list(STAGES))
@@ -130,7 +138,8 @@ def main() -> None:
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     label = args.label or (",".join(args.overrides) or "params.yaml")
     results["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}"
-    results.setdefault("runs", {})[label] = {"command": " ".join(sys.argv), "rows": rows}
+    results.setdefault("runs", {})[label] = {"command": " ".join(sys.argv), "cpu_capability": _cpu_capability(),
+                                             "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 

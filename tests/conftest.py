@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -21,6 +25,66 @@ from pipelines.params import Params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 STUFF_IDS = {"sky": 101, "ground": 102}
+BEHAVIOUR_TESTS = REPO / "tests" / "model" / "test_behaviour.py"
+SMALL_MODEL_TIMEOUT = 45 * 60  # seconds the behaviour tests wait for their small model (about 5 min when idle)
+_small_model = pytest.StashKey[tuple[subprocess.Popen | None, Path]]()  # (background training, its folder)
+
+
+def _lowest_priority_child() -> None:
+    """In the forked child: the lowest CPU priority, and killed with the test session (PR_SET_PDEATHSIG)."""
+    os.nice(19)
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """When the behaviour tests will run and the checkout has no pipeline model, start training their small
+    model now (tests/model/small_model.py), in a background process at the lowest priority: it takes the
+    cores the tests before them leave idle, instead of minutes of its own at the end of the session."""
+    if session.config.option.collectonly or (REPO / "models" / "joint" / "best.ckpt").is_file():
+        return
+    if not any(Path(item.path) == BEHAVIOUR_TESTS for item in session.items):
+        return
+    folder = Path(tempfile.mkdtemp(prefix="behaviour-model-"))
+    with open(folder / "train.log", "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "tests.model.small_model", str(folder)], cwd=REPO,
+                                   stdout=log, stderr=subprocess.STDOUT, preexec_fn=_lowest_priority_child)
+    session.config.stash[_small_model] = (process, folder)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    started = session.config.stash.get(_small_model, None)
+    if started is not None:
+        process, folder = started
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def small_model_checkpoint(config: pytest.Config) -> Path:
+    """The behaviour tests' small model: waits for the background training this session started, or trains
+    it here when none was started (the fixture reached another way). A failed training fails with its log."""
+    from tests.model.small_model import CHECKPOINT, train
+
+    started = config.stash.get(_small_model, None)
+    if started is None:
+        folder = Path(tempfile.mkdtemp(prefix="behaviour-model-"))
+        config.stash[_small_model] = (None, folder)  # removed at the session's end
+        return train(folder)
+    process, folder = started
+    if process is None:
+        return folder / CHECKPOINT
+    try:
+        code = process.wait(timeout=SMALL_MODEL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        code = f"killed after {SMALL_MODEL_TIMEOUT} s"
+    if code != 0:
+        tail = (folder / "train.log").read_text(errors="replace")[-4000:]
+        pytest.fail(f"training the behaviour tests' small model failed ({code}); the end of its log:\n{tail}",
+                    pytrace=False)
+    return folder / CHECKPOINT
 
 
 def _ellipse(shape: tuple[int, int], centre: tuple[int, int], axes: tuple[int, int]) -> np.ndarray:

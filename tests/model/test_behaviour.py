@@ -1,16 +1,15 @@
 """Behaviour of a trained object-removal model (STYLE.md's `tests/model`).
 
 The model is the pipeline's joint model when `dvc repro` has produced `models/joint` in this checkout;
-otherwise a small one is trained here from scratch (scenes -> pairs -> segmenter -> inpainters -> joint,
-48 px, about a minute on two CPU cores). The inputs are made for the occasion by the scene generator: stuff-only
-scenes (sky or wall over textured ground, no objects), with and without a person standing on them.
+otherwise a small one is trained from scratch (tests/model/small_model.py: scenes -> pairs -> segmenter ->
+inpainters -> joint, 48 px), in the background from the start of the session. The inputs are made for the
+occasion by the scene generator: stuff-only scenes (sky or wall over textured ground, no objects), with and
+without a person standing on them.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -22,8 +21,7 @@ from components import scenes
 from components.inference import ObjectRemover, Target
 from components.metrics import coverage, psnr
 from pipelines.checkpoints import remover_from
-from pipelines.params import parse_params
-from tests.conftest import REPO, tiny_params_raw
+from tests.conftest import REPO, small_model_checkpoint
 
 COVERAGE_FLOOR = 0.9  # of every pixel the person touches (alpha >= 0.1 at 2x), after a 1-px expansion
 PSNR_FLOOR = 26.0  # dB, whole image, after removing one person from a plain texture
@@ -32,41 +30,13 @@ TOUCHING_IOU_FLOOR = 0.8  # a click on one of two touching people: IoU of the re
 TOUCHING_OTHER_CEILING = 0.05  # and at most this share of the other person removed with it
 
 
-def _train_small_model(tmp: Path) -> Path:
-    """The pipeline's own stages on a reduced profile: scenes of stuff and at most one person, 48 px,
-    narrower inpainters, 1,200 pairs, fewer epochs (about 3 minutes on two cores)."""
-    from pipelines.stages import finetune_joint, pretrain_inpainter, pretrain_segmenter, scenes, synthesize
-
-    raw = tiny_params_raw(tmp)
-    # a narrow version of the built-in data: stuff with at most one person, the domain of the inputs below
-    raw["scenes"].update(num_images=1500, size=96, min_things=0, max_things=1, person_prob=1.0, occlusion_prob=0.0,
-                         crowd_prob=0.0)
-    raw["synthesize"].update(image_size=96, pairs={"train": 1200, "val": 40, "test": 8}, min_object_area=100)
-    # no contact head and the map path on: at 48 px the head does not learn the band (see the touching test),
-    # and this in-test model stays the one the floors below were set on
-    raw["networks"] = {"image_size": 48, "segmenter": {"width": 16, "depth": 3, "contact_band": 0},
-                       "inpainter": {"width": 8, "residual_blocks": 2, "dilation": 2, "discriminator_width": 8,
-                                     "hole_fill": "smooth", "image_head": "residual01"}}
-    raw["trainer"].update(num_workers=0)
-    raw["pretrain_segmenter"].update(epochs=12, background_share=0.5)
-    raw["pretrain_inpainter"].update(epochs=2)
-    raw["finetune_joint"].update(epochs=1, map_gradient=True)
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
-    try:
-        params = parse_params(raw)
-        for stage in (scenes, synthesize, pretrain_segmenter, pretrain_inpainter, finetune_joint):
-            stage.run(params)
-    finally:
-        os.environ.pop("MLFLOW_TRACKING_URI")
-    return Path(raw["paths"]["joint"]) / "best.ckpt"
-
-
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> tuple[ObjectRemover, int]:
-    """(remover, working resolution)."""
+def model(request) -> tuple[ObjectRemover, int]:
+    """(remover, working resolution): the pipeline's joint model, else the small one the session trains in
+    the background (tests/conftest.py)."""
     checkpoint = REPO / "models" / "joint" / "best.ckpt"
     if not checkpoint.is_file():
-        checkpoint = _train_small_model(tmp_path_factory.mktemp("behaviour"))
+        checkpoint = small_model_checkpoint(request.config)
     size = json.loads((checkpoint.parent / "joint.json").read_text())["image_size"]
     return remover_from(checkpoint), size
 
