@@ -273,18 +273,24 @@ def trained(tiny, tmp_path_factory) -> dict:
     raw = json.loads(json.dumps(tiny[1]))
     for key in ("segmenter", "inpainter", "joint", "joint_ablation", "reports"):
         raw["paths"][key] = str(tmp / key)
+    run_stages(raw, (pretrain_segmenter, pretrain_inpainter, finetune_joint, finetune_joint_ablation), tmp)
+    return raw
+
+
+def run_stages(raw: dict, stages, folder: Path) -> None:
+    """Each stage module's `run` on the params `raw`, in order, tracked in an MLflow store of its own under
+    `folder` (the caller's MLFLOW_TRACKING_URI is restored afterwards)."""
     before = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder}/mlflow.db"
     try:
         params = parse_params(raw)
-        for stage in (pretrain_segmenter, pretrain_inpainter, finetune_joint, finetune_joint_ablation):
+        for stage in stages:
             stage.run(params)
     finally:
         if before is None:
             os.environ.pop("MLFLOW_TRACKING_URI")
         else:
             os.environ["MLFLOW_TRACKING_URI"] = before
-    return raw
 
 
 @pytest.fixture

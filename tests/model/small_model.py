@@ -8,7 +8,6 @@ wait on servers and subprocesses; the `model` fixture then waits for it.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -18,9 +17,8 @@ CHECKPOINT = Path("models/joint/best.ckpt")  # under the folder, from the tiny p
 def train(folder: Path) -> Path:
     """Scenes of stuff and at most one person, 48 px, narrower inpainters, 1,200 pairs, fewer epochs (about
     5 minutes on two idle cores): scenes -> pairs -> segmenter -> inpainters -> joint. Returns best.ckpt."""
-    from pipelines.params import parse_params
     from pipelines.stages import finetune_joint, pretrain_inpainter, pretrain_segmenter, scenes, synthesize
-    from tests.conftest import tiny_params_raw
+    from tests.conftest import run_stages, tiny_params_raw
 
     raw = tiny_params_raw(folder)
     # a narrow version of the built-in data: stuff with at most one person, the domain of the tests' inputs
@@ -36,17 +34,7 @@ def train(folder: Path) -> Path:
     raw["pretrain_segmenter"].update(epochs=12, background_share=0.5)
     raw["pretrain_inpainter"].update(epochs=2)
     raw["finetune_joint"].update(epochs=1, map_gradient=True)
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder}/mlflow.db"
-    try:
-        params = parse_params(raw)
-        for stage in (scenes, synthesize, pretrain_segmenter, pretrain_inpainter, finetune_joint):
-            stage.run(params)
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI")
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
+    run_stages(raw, (scenes, synthesize, pretrain_segmenter, pretrain_inpainter, finetune_joint), folder)
     return folder / CHECKPOINT
 
 
