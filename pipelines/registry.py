@@ -29,6 +29,7 @@ import logging
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as installed_version
@@ -123,9 +124,13 @@ def save_mlflow_model(onnx_dir: Path, folder: Path, metadata: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "components"
         shutil.copytree(REPO / "components", code, ignore=shutil.ignore_patterns("__pycache__", "*.py[co]"))
-        mlflow.pyfunc.save_model(
-            str(folder), python_model=str(PYFUNC_SCRIPT), artifacts={name: str(onnx_dir / name) for name in FILES},
-            code_paths=[str(code)], signature=SIGNATURE, pip_requirements=pinned(REQUIREMENTS), metadata=metadata)
+        with warnings.catch_warnings():  # the signature is given: MLflow's (colour-coded) hints are noise
+            warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method")
+            warnings.filterwarnings("ignore", message=r".*An input example was not provided")
+            mlflow.pyfunc.save_model(
+                str(folder), python_model=str(PYFUNC_SCRIPT), artifacts={name: str(onnx_dir / name) for name in FILES},
+                code_paths=[str(code)], signature=SIGNATURE, pip_requirements=pinned(REQUIREMENTS),
+                metadata=metadata)
 
 
 def training_run(onnx_dir: Path) -> str | None:

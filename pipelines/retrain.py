@@ -245,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ui-port", type=int, default=Ports.ui, help="run: `make ui`'s port (UI_PORT)")
     parser.add_argument("--prefect-port", type=int, default=Ports.prefect, help="run: `make prefect-ui`'s port")
     args = parser.parse_args(argv)
+    # MLflow draws a progress bar for every artifact download (registration, the champion's Bento): noise here
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.command == "stages":
         print("\n".join(stage_order(Path(args.repo))))
         return 0
