@@ -52,7 +52,7 @@ class RemovalModel(mlflow.pyfunc.PythonModel):
 
         self.remover = load_onnx_remover(Path(context.artifacts[SEGMENTER_FILE]).parent)
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         rows = []
         for index, row in enumerate(frame.to_dict("records")):

@@ -124,8 +124,7 @@ def save_mlflow_model(onnx_dir: Path, folder: Path, metadata: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "components"
         shutil.copytree(REPO / "components", code, ignore=shutil.ignore_patterns("__pycache__", "*.py[co]"))
-        with warnings.catch_warnings():  # the signature is given: MLflow's (colour-coded) hints are noise
-            warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method")
+        with warnings.catch_warnings():  # the signature is given: MLflow's (colour-coded) hint is noise
             warnings.filterwarnings("ignore", message=r".*An input example was not provided")
             mlflow.pyfunc.save_model(
                 str(folder), python_model=str(PYFUNC_SCRIPT), artifacts={name: str(onnx_dir / name) for name in FILES},

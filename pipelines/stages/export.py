@@ -88,10 +88,13 @@ class InpainterFill(nn.Module):
 
 def export_graph(module: nn.Module, example: tuple[torch.Tensor, ...], names: tuple[str, ...],
                  outputs: tuple[str, ...], path: Path, opset: int) -> None:
-    """`module` to ONNX at `path` with a dynamic batch axis, then the full ONNX checker."""
+    """`module` to ONNX at `path` with a dynamic batch axis, then the full ONNX checker. The first input names
+    the axis `batch`; the others' batch axes are left to the exporter (`Dim.AUTO`), which ties them to it (naming
+    each input's axis `batch` works too, with one warning per extra input that the name is already taken)."""
     batch = torch.export.Dim("batch", min=1, max=1024)
+    dynamic = ({0: batch}, *({0: torch.export.Dim.AUTO} for _ in names[1:]))
     torch.onnx.export(module.eval(), example, str(path), input_names=list(names), output_names=list(outputs),
-                      dynamic_shapes=tuple({0: batch} for _ in names), dynamo=True, opset_version=opset,
+                      dynamic_shapes=dynamic, dynamo=True, opset_version=opset,
                       external_data=False, verbose=False)
     onnx.checker.check_model(str(path), full_check=True)
 

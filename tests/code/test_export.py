@@ -24,6 +24,8 @@ def test_graphs_pass_the_checker_and_describe_themselves(exported):
     assert {p.name for p in folder.iterdir()} == {"segmenter.onnx", "inpainter.onnx", "model.json"}
     for name in ("segmenter.onnx", "inpainter.onnx"):
         onnx.checker.check_model(str(folder / name), full_check=True)
+        graph = onnx.load(str(folder / name)).graph  # every input and output shares the one dynamic batch axis
+        assert {v.type.tensor_type.shape.dim[0].dim_param for v in (*graph.input, *graph.output)} == {"batch"}
     model = json.loads((folder / "model.json").read_text())
     size = raw["networks"]["image_size"]
     assert model["image_size"] == size and model["target_classes"] == info["target_classes"]

@@ -134,7 +134,7 @@ def test_the_flows_log_shows_training_progress_and_no_third_party_noise_then_nex
     assert any("export: " in m for m in messages)  # the export stage's own lines are there
     for noise in ("Use `dvc push`", "To track the changes with git", "autostage", "torchvision is not installed",
                   "INFO onnxscript", "INFO onnx_ir",
-                  "💡 Tip", "LeafSpec"):
+                  "💡 Tip", "LeafSpec", "will not be used, since it shares", "Add type hints"):
         assert not any(noise in m for m in messages), noise
     # the printed next steps run as printed: make targets of this Makefile with the ports given, executables
     text = next_steps(first_run.result(), Ports(serve=3123, ui=5123))
