@@ -46,8 +46,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if not any(Path(item.path) == BEHAVIOUR_TESTS for item in session.items):
         return
     folder = Path(tempfile.mkdtemp(prefix="behaviour-model-"))
+    # one thread: it runs on the core the tests leave idle. With two, every parallel region of its convolutions
+    # waits for the thread the tests' own work keeps off the CPU (at nice 19), and it finished minutes late.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(folder / "train.log", "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "tests.model.small_model", str(folder)], cwd=REPO,
+        process = subprocess.Popen([sys.executable, "-m", "tests.model.small_model", str(folder)], cwd=REPO, env=env,
                                    stdout=log, stderr=subprocess.STDOUT, preexec_fn=_lowest_priority_child)
     session.config.stash[_small_model] = (process, folder)
 

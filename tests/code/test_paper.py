@@ -75,11 +75,13 @@ def _sh(repo: Path, *args: str) -> str:
 def test_make_paper_runs_queued_experiments_and_writes_every_table(flow_run, tmp_path):
     repo = built_repo_copy(flow_run, tmp_path / "repo")
     raw = yaml.safe_load((repo / "params.yaml").read_text())
-    raw["paper"] = {"seeds": [0, 1], "alphas": [0.03, 0.05], "random_mask_epochs": 1, "finetune_epochs": 1,
+    # one seed: three experiments, one of each kind (II, III, a single-item IV); a second seed would add two
+    # more (minutes on two cores) for what the plan test and tests/code/test_paper_tables.py check already
+    raw["paper"] = {"seeds": [0], "alphas": [0.03, 0.05], "random_mask_epochs": 1, "finetune_epochs": 1,
                     "finetune_pairs": [8]}
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     out = _sh(repo, sys.executable, "-m", "pipelines.paper")
-    assert "reports/paper.md written: 5 experiments (5 run, 0 reused)" in out
+    assert "reports/paper.md written: 3 experiments (3 run, 0 reused)" in out
 
     text = (repo / "reports" / "paper.md").read_text()
     for title in ("Table I", "Table II", "Table III", "Table IV", "Table V"):
@@ -88,8 +90,8 @@ def test_make_paper_runs_queued_experiments_and_writes_every_table(flow_run, tmp
     result = json.loads((repo / "reports" / "paper.json").read_text())
     tables = result["tables"]
     t5 = tables["table5"]["rows"]
-    assert t5["joint_mel"]["psnr"]["all"]["n"] == 2 and math.isfinite(t5["joint_mel"]["psnr"]["all"]["sd"])
-    assert t5["joint_no_mel"]["psnr"]["all"]["n"] == 2 and t5["oracle"]["psnr"]["all"]["sd"] == 0.0
+    assert t5["joint_mel"]["psnr"]["all"]["n"] == 1 and math.isfinite(t5["joint_mel"]["psnr"]["all"]["mean"])
+    assert t5["joint_no_mel"]["psnr"]["all"]["n"] == 1 and t5["oracle"]["psnr"]["all"]["sd"] == 0.0
     assert set(tables["table4"]["rows"]) == {"0.03", "0.05"}
     assert all(math.isfinite(r["psnr"]["mean"]) for r in tables["table4"]["rows"].values())
     assert set(tables["table3"]["rows"]) == {"random", "8 pairs"}
@@ -101,9 +103,8 @@ def test_make_paper_runs_queued_experiments_and_writes_every_table(flow_run, tmp
 
     shown = json.loads(_sh(repo, "dvc", "exp", "show", "--json"))
     names = {e["name"]: e for b in shown for r in (b.get("experiments") or []) for e in r["revs"]}
-    assert set(names) >= {"paper-t2-random", "paper-t3-pairs8", "paper-t5-seed1", "paper-t4-alpha0.05-seed0",
-                          "paper-t4-alpha0.05-seed1"}
-    t4 = names["paper-t4-alpha0.05-seed1"]["data"]
+    assert set(names) >= {"paper-t2-random", "paper-t3-pairs8", "paper-t4-alpha0.05-seed0"}
+    t4 = names["paper-t4-alpha0.05-seed0"]["data"]
     assert t4["params"]["params.yaml"]["data"]["finetune_joint"]["mel"]["alpha"] == 0.05
     assert "reports/headline/evaluate.json" in t4["metrics"]
 
@@ -114,9 +115,9 @@ def test_make_paper_runs_queued_experiments_and_writes_every_table(flow_run, tmp
     paper_run = client.search_runs([experiment.experiment_id], "tags.stage = 'paper'")[0]
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{paper_run.info.run_id}'")
     assert {r.data.tags["dvc_experiment"] for r in children} == set(result["meta"]["experiment_names"])
-    assert {r.data.tags["stage"] for r in children} >= {"pretrain_inpainter", "evaluate_inpainter", "finetune_joint",
-                                                        "finetune_joint_ablation", "evaluate"}
+    assert {r.data.tags["stage"] for r in children} == {"pretrain_inpainter", "evaluate_inpainter", "finetune_joint",
+                                                        "evaluate"}  # the single-item IV retrains no ablation
     assert paper_run.info.status == "FINISHED"
 
     again = _sh(repo, sys.executable, "-m", "pipelines.paper")  # everything exists: reused, nothing trains
-    assert "5 experiments (0 run, 5 reused)" in again
+    assert "3 experiments (0 run, 3 reused)" in again
