@@ -12,6 +12,7 @@ Variants (every other setting from params.yaml):
     cl_all            channels_last: [segmenter, inpainter]
     compile           the default's layout, every network through torch.compile
     bf16              the default's layout, precision bf16-mixed (autocast)
+    default           params.yaml as it stands: its layout and the stage's `precision` (`auto` resolved)
 
 `finetune_joint` starts from the pretrained checkpoints when they exist (else fresh weights: the timing
 differs only where no instance is found). Results: benchmarks/results/stage_throughput.json (`--out`).
@@ -35,17 +36,21 @@ sys.path.insert(0, str(REPO))
 STAGES = ("pretrain_segmenter", "pretrain_inpainter", "finetune_joint")
 VARIANTS = {"fp32": ([], "32-true", False), "cl_segmenter": (["segmenter"], "32-true", False),
             "cl_all": (["segmenter", "inpainter"], "32-true", False),
-            "compile": (["segmenter"], "32-true", True), "bf16": (["segmenter"], "bf16-mixed", False)}
+            "compile": (["segmenter"], "32-true", True), "bf16": (["segmenter"], "bf16-mixed", False),
+            "default": (None, None, False)}
 WARMUP = 3
 
 
-def _params(overrides: list[str], variant: str):
-    """params.yaml with `--set` overrides and the variant's layout and precision (joint_gradients.overridden)."""
+def _params(overrides: list[str], variant: str, stage: str):
+    """params.yaml with `--set` overrides and the variant's layout and the stage's precision
+    (joint_gradients.overridden); `default` is params.yaml as it stands."""
     from benchmarks.joint_gradients import overridden
 
+    if variant == "default":
+        return overridden(str(REPO / "params.yaml"), overrides)
     channels_last, precision, _ = VARIANTS[variant]
     return overridden(str(REPO / "params.yaml"), [*overrides, f"trainer.channels_last={json.dumps(channels_last)}",
-                                                  f"trainer.precision={precision}"])
+                                                  f"{stage}.precision={precision}"])
 
 
 def _child(stage: str, variant: str, steps: int, overrides: list[str]) -> dict:
@@ -55,8 +60,10 @@ def _child(stage: str, variant: str, steps: int, overrides: list[str]) -> dict:
     import torch
 
     from benchmarks.training_throughput import _compile_networks
+    from pipelines.training.harness import resolve_precision
 
-    params = _params(overrides, variant)
+    params = _params(overrides, variant, stage)
+    precision = resolve_precision(getattr(params, stage).precision, params.trainer.accelerator)
     module = importlib.import_module(f"pipelines.stages.{stage}")
     if stage == "finetune_joint":
         pretrained = Path(params.paths.segmenter, "best.ckpt").is_file() and Path(
@@ -78,7 +85,7 @@ def _child(stage: str, variant: str, steps: int, overrides: list[str]) -> dict:
             self.starts.append(time.perf_counter())
 
     timer = Timer()
-    trainer = L.Trainer(accelerator=params.trainer.accelerator, devices=1, precision=params.trainer.precision,
+    trainer = L.Trainer(accelerator=params.trainer.accelerator, devices=1, precision=precision,
                         max_epochs=1, limit_train_batches=WARMUP + steps, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[timer])
@@ -90,7 +97,7 @@ def _child(stage: str, variant: str, steps: int, overrides: list[str]) -> dict:
     batch = fit.data.batch_size
     return {"stage": stage, "variant": variant, "image_size": params.networks.image_size, "batch": batch,
             "threads": torch.get_num_threads(), "num_workers": fit.data.num_workers,
-            "channels_last": VARIANTS[variant][0], "precision": params.trainer.precision,
+            "channels_last": params.trainer.channels_last, "precision": precision,
             "compile": VARIANTS[variant][2], "timed_steps": len(durations), "median_s_per_step": round(step, 4),
             "images_per_s": round(batch / step, 2), "fit_wall_s": round(wall, 1),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

@@ -161,14 +161,18 @@ class NetworksParams(Section):
     inpainter: InpainterNet
 
 
+# Lightning's precision, or `auto`: bf16-mixed where the device computes bf16 natively (a CPU with AVX512-BF16
+# or AMX, a CUDA device with bf16), else 32-true (emulated bf16 is many times slower). One per training section.
+Precision = Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true", "auto"]
+
+
 class TrainerParams(Section):
-    """Lightning Trainer settings shared by the training stages: CPU fp32 by default."""
+    """Lightning Trainer settings shared by the training stages (each stage's precision is in its section)."""
 
     accelerator: Literal["cpu", "gpu", "cuda", "auto"]
     devices: PositiveInt
     num_nodes: PositiveInt
     strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true"]
-    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true"]
     num_workers: Annotated[int, Field(ge=0)]
     # networks trained in the channels-last memory format (CPU: the segmenter's convolutions run ~1.2x
     # faster so; the inpainters' do not, benchmarks/results/stage_throughput.json)
@@ -180,6 +184,7 @@ class TrainerParams(Section):
 class PretrainSegmenterParams(Section):
     seed: Seed
     epochs: PositiveInt
+    precision: Precision  # the stage's Lightning precision (`auto`: bf16-mixed where bf16 is native)
     batch_size: PositiveInt
     lr: Annotated[float, Field(gt=0)]
     weight_decay: Annotated[float, Field(ge=0)]
@@ -204,6 +209,7 @@ class InpainterLossWeights(Section):
 class PretrainInpainterParams(Section):
     seed: Seed
     epochs: PositiveInt
+    precision: Precision  # the stage's Lightning precision (`auto`: bf16-mixed where bf16 is native)
     random_mask_epochs: Annotated[int, Field(ge=0)]  # first epochs on free-form masks (paper Tables II/III)
     object_pairs: PositiveInt | None  # the object-mask epochs use the first N training pairs (paper Table III)
     batch_size: PositiveInt
@@ -239,6 +245,7 @@ class MelParams(Section):
 class FinetuneJointParams(Section):
     seed: Seed
     epochs: PositiveInt
+    precision: Precision  # the stage's Lightning precision (`auto`: bf16-mixed where bf16 is native)
     batch_size: PositiveInt
     lr: Annotated[float, Field(gt=0)]  # the three generators (paper: 1e-5)
     segmenter_lr: Annotated[float, Field(gt=0)]  # the segmenter (paper: 1e-5)

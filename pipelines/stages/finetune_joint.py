@@ -90,8 +90,8 @@ def build(params: Params, ablation: bool = False, load_weights: bool = True) -> 
         inputs = {"segmenter": file_digest(segmenter_ckpt), "inpainter": file_digest(inpainter_ckpt)}
     data = PairsDataModule(replace(data_config, background_share=p.background_share), p.batch_size,
                            params.trainer.num_workers)
-    return StageFit(stage, section, module, data, params.trainer, p.epochs, folder, Path(params.paths.reports),
-                    "val/psnr", "joint",
+    return StageFit(stage, section, module, data, params.trainer, p.epochs, p.precision, folder,
+                    Path(params.paths.reports), "val/psnr", "joint",
                     {"inpainting": asdict(module.config), "segmenter": asdict(module.segmenter.config),
                      "joint": asdict(module.joint)},
                     {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],

@@ -39,7 +39,7 @@ def build(params: Params) -> StageFit:
     module = InpainterModule(config, loss_weights(p.losses), optim_config(p), features=p.features,
                              vgg19_weights=p.vgg19_weights, image_inputs=p.image_inputs)
     data = PairsDataModule(data_config, p.batch_size, params.trainer.num_workers, object_pairs=p.object_pairs)
-    return StageFit(STAGE, section, module, data, params.trainer, p.epochs, Path(params.paths.inpainter),
+    return StageFit(STAGE, section, module, data, params.trainer, p.epochs, p.precision, Path(params.paths.inpainter),
                     Path(params.paths.reports), "val/psnr_mask", "inpainter", asdict(config),
                     {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],
                      "image_size": nets.image_size, "canny_sigma": p.canny_sigma},

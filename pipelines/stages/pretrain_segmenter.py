@@ -40,7 +40,7 @@ def build(params: Params) -> StageFit:
                              contact_weight=p.contact_weight)
     data = PairsDataModule(replace(data_config, background_share=p.background_share), p.batch_size,
                            params.trainer.num_workers)
-    return StageFit(STAGE, section, module, data, params.trainer, p.epochs, Path(params.paths.segmenter),
+    return StageFit(STAGE, section, module, data, params.trainer, p.epochs, p.precision, Path(params.paths.segmenter),
                     Path(params.paths.reports), "val/mask_iou", "segmenter", asdict(config),
                     {"classes": [{"index": i + 1, **c} for i, c in enumerate(categories)],
                      "target_classes": targets, "image_size": nets.image_size},

@@ -146,8 +146,9 @@ class ProgressLog(Callback):
         self.start_time = self.last_line = time.monotonic()
         self.start_epoch = trainer.current_epoch
         if trainer.global_rank == 0:
-            self.stage_log.info("training: epochs %d-%d of %d, %d batches each%s", trainer.current_epoch + 1,
-                          trainer.max_epochs, trainer.max_epochs, trainer.num_training_batches,
+            self.stage_log.info("training: epochs %d-%d of %d, %d batches each, precision %s%s",
+                          trainer.current_epoch + 1, trainer.max_epochs, trainer.max_epochs,
+                          trainer.num_training_batches, trainer.precision,
                           f" (resumed at step {trainer.global_step})" if trainer.global_step else "")
 
     def _done_total(self, trainer: L.Trainer, batch_idx: int) -> tuple[int, int, str]:
@@ -186,11 +187,28 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-def trainer_arguments(params: TrainerParams, max_epochs: int) -> dict[str, Any]:
-    """The Lightning Trainer's settings from `trainer` params, by keyword (every field is used here)."""
+def native_bf16(accelerator: str) -> bool:
+    """Whether the device `accelerator` resolves to computes bf16 natively: a CUDA device with bf16, or a CPU
+    with AVX512-BF16 or AMX tiles (elsewhere autocast emulates bf16 many times slower than fp32)."""
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """A stage's `precision` param as Lightning takes it: `auto` is bf16-mixed where bf16 is native, else 32-true."""
+    if precision == "auto":
+        return "bf16-mixed" if native_bf16(accelerator) else "32-true"
+    return precision
+
+
+def trainer_arguments(params: TrainerParams, max_epochs: int, precision: str = "32-true") -> dict[str, Any]:
+    """The Lightning Trainer's settings from `trainer` params and the stage's `precision`, by keyword (every
+    field is used here)."""
     limit = params.limit_train_batches
     return {"accelerator": params.accelerator, "devices": params.devices, "num_nodes": params.num_nodes,
-            "strategy": params.strategy, "precision": params.precision, "max_epochs": max_epochs,
+            "strategy": params.strategy, "precision": resolve_precision(precision, params.accelerator),
+            "max_epochs": max_epochs,
             "limit_train_batches": int(limit) if limit > 1 else limit,
             "log_every_n_steps": params.log_every_n_steps}
 
@@ -220,7 +238,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def build_trainer(
     params: TrainerParams, max_epochs: int, folder: Path, monitor: str, mode: str, logger: Any,
-    plots: Path, extra_callbacks: list[Callback] | None = None, stage: str = "training",
+    plots: Path, extra_callbacks: list[Callback] | None = None, stage: str = "training", precision: str = "32-true",
 ) -> L.Trainer:
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")  # ours: 2 + stamp
     # Both at the epoch's end, after EpochMetricsFile has added the epoch's row (checkpoint callbacks run
@@ -231,7 +249,7 @@ def build_trainer(
     last = ModelCheckpoint(dirpath=folder, filename="last", save_top_k=1, enable_version_counter=False,
                            save_on_train_epoch_end=True)
     return L.Trainer(
-        **trainer_arguments(params, max_epochs), logger=logger,
+        **trainer_arguments(params, max_epochs, precision), logger=logger,
         callbacks=[best, last, EpochMetricsFile(plots), StartStep(), LearningRates(), ProgressLog(stage),
                    *(extra_callbacks or [])],
         enable_progress_bar=sys.stderr.isatty(), enable_model_summary=False, default_root_dir=str(folder),
@@ -262,10 +280,12 @@ def finish(
     return info
 
 
-def validate_before_fit(params: TrainerParams, module: L.LightningModule, data: L.LightningDataModule) -> dict:
+def validate_before_fit(params: TrainerParams, module: L.LightningModule, data: L.LightningDataModule,
+                        precision: str = "32-true") -> dict:
     """The module's validation metrics as it stands (e.g. freshly loaded pretrained weights), on one
-    device with no logger or checkpoints: the baseline a fine-tuning stage must beat."""
-    trainer = L.Trainer(accelerator=params.accelerator, devices=1, num_nodes=1, precision=params.precision,
+    device with no logger or checkpoints, in the stage's precision: the baseline a fine-tuning stage must beat."""
+    trainer = L.Trainer(accelerator=params.accelerator, devices=1, num_nodes=1,
+                        precision=resolve_precision(precision, params.accelerator),
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
     results = trainer.validate(module, data, verbose=False)[0]
@@ -283,6 +303,7 @@ class StageFit:
     data: L.LightningDataModule
     trainer: TrainerParams
     epochs: int
+    precision: str  # the section's `precision` param (`auto` resolved where the Trainer is built)
     folder: Path  # checkpoints and <name>.json
     reports: Path
     monitor: str  # validation metric that picks best.ckpt (higher is better)
@@ -298,7 +319,7 @@ class StageFit:
         to_memory_format(self.module, self.trainer.channels_last)
 
     def trainer_arguments(self) -> dict[str, Any]:
-        return trainer_arguments(self.trainer, self.epochs)
+        return trainer_arguments(self.trainer, self.epochs, self.precision)
 
 
 def to_memory_format(module: L.LightningModule, channels_last: list[str]) -> None:
@@ -333,15 +354,20 @@ def fit_stage(fit: StageFit, experiment: str) -> dict:
     stage, section, module, data = fit.stage, fit.section, fit.module, fit.data
     fingerprint = {**section, stage: {**section[stage], "epochs": None}, "inputs": fit.inputs or {}}
     resume = prepare_checkpoints(fit.folder, fingerprint)
+    precision = resolve_precision(fit.precision, fit.trainer.accelerator)
     with tracked(experiment, stage, section) as (logger, run_id):
-        before = validate_before_fit(fit.trainer, module, data) if fit.baseline and run_id is not None else {}
+        if run_id is not None:
+            mlflow.set_tag("precision", precision)  # as resolved on this machine (`auto`: bf16 where native)
+        before = (validate_before_fit(fit.trainer, module, data, precision)
+                  if fit.baseline and run_id is not None else {})
         if before:
             mlflow.log_metrics({f"pretrained/{k.removeprefix('val_')}": v for k, v in before.items()})
         trainer = build_trainer(fit.trainer, fit.epochs, fit.folder, fit.monitor, "max", logger,
-                                fit.reports / "plots" / f"{stage}.json", [EpochSetter(fit.random_mask_epochs)], stage)
+                                fit.reports / "plots" / f"{stage}.json", [EpochSetter(fit.random_mask_epochs)], stage,
+                                precision)
         trainer.fit(module, data, ckpt_path=resume)
         if not any(key.startswith("val/") for key in trainer.callback_metrics):  # resumed a finished run
             trainer.validate(module, data, verbose=False)
         return finish(trainer, fit.folder, fit.name, fit.config, params_hash(section),
-                      fit.reports / f"{stage}.json", {**fit.extra, "mlflow_run_id": run_id},
+                      fit.reports / f"{stage}.json", {**fit.extra, "precision": precision, "mlflow_run_id": run_id},
                       {f"pretrained_{k}": v for k, v in before.items()}, stage, fit.headline)

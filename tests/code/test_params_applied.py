@@ -33,7 +33,7 @@ READ_SECTIONS = ("seed", "networks", "trainer", "pretrain_segmenter", "pretrain_
 ALTERNATIVES = {"schedule": {"cosine": "constant", "constant": "cosine"},
                 "normalize_by": {"image": "batch", "batch": "image"},
                 "image_inputs": {"predicted": "ground_truth"}, "image_head": {"residual01": "tanh01"},
-                "hole_fill": {"smooth": "white"}, "precision": {"32-true": "bf16-mixed"},
+                "hole_fill": {"smooth": "white"}, "precision": {"32-true": "bf16-mixed", "auto": "16-mixed"},
                 "strategy": {"auto": "ddp"}, "accelerator": {"cpu": "gpu"},
                 "normalization": {"max_abs": "diagonal"}, "reduction": {"mean": "sum"},
                 "features": {"discriminator": "vgg19"}, "channels_last": {"segmenter": "inpainter"}}

@@ -21,6 +21,7 @@ from components.segmenter import SegmenterConfig
 from pipelines.data import PairsDataModule, pairs_config
 from pipelines.params import Params, parse_params
 from pipelines.stages import evaluate, evaluate_inpainter, finetune_joint, pretrain_inpainter, pretrain_segmenter
+from pipelines.training.harness import resolve_precision
 from pipelines.training.inpainter_module import InpainterModule, LossWeights, OptimConfig
 from pipelines.training.joint_module import JointConfig, JointModule
 from pipelines.training.segmenter_module import SegmenterModule
@@ -148,6 +149,18 @@ def test_inpainter_stage(tiny, mlflow_store):
     run = MlflowClient(mlflow_store).get_run(info["mlflow_run_id"])
     assert run.data.params["pretrain_inpainter.losses.image_l1"] == "1.0"
     assert run.data.params["pretrain_inpainter.schedule"] == raw["pretrain_inpainter"]["schedule"]
+    # `precision: auto` resolved on this machine, recorded where a user compares runs
+    resolved = resolve_precision(raw["pretrain_inpainter"]["precision"], "cpu")
+    assert run.data.tags["precision"] == resolved == json.loads((folder / "inpainter.json").read_text())["precision"]
+
+
+def test_auto_precision_is_bf16_exactly_where_the_cpu_computes_it_natively(monkeypatch):
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert resolve_precision("auto", "cpu") == ("bf16-mixed" if native else "32-true")
+    assert resolve_precision("32-true", "cpu") == "32-true" and resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_precision("auto", "cpu") == "32-true"  # emulated bf16: many times slower, so fp32
 
 
 def test_random_mask_pretraining_then_object_masks(tiny, mlflow_store):

@@ -31,9 +31,9 @@ def train(folder: Path) -> Path:
                        "inpainter": {"width": 8, "residual_blocks": 2, "dilation": 2, "discriminator_width": 8,
                                      "hole_fill": "smooth", "image_head": "residual01"}}
     raw["trainer"].update(num_workers=0)
-    raw["pretrain_segmenter"].update(epochs=12, background_share=0.5)
-    raw["pretrain_inpainter"].update(epochs=2)
-    raw["finetune_joint"].update(epochs=1, map_gradient=True)
+    raw["pretrain_segmenter"].update(epochs=12, background_share=0.5, precision="32-true")
+    raw["pretrain_inpainter"].update(epochs=2, precision="32-true")  # fp32 everywhere: the floors' model
+    raw["finetune_joint"].update(epochs=1, map_gradient=True, precision="32-true")
     run_stages(raw, (scenes, synthesize, pretrain_segmenter, pretrain_inpainter, finetune_joint), folder)
     return folder / CHECKPOINT
 
