@@ -202,7 +202,7 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return precision
 
 
-def trainer_arguments(params: TrainerParams, max_epochs: int, precision: str = "32-true") -> dict[str, Any]:
+def trainer_arguments(params: TrainerParams, max_epochs: int, precision: str) -> dict[str, Any]:
     """The Lightning Trainer's settings from `trainer` params and the stage's `precision`, by keyword (every
     field is used here)."""
     limit = params.limit_train_batches
@@ -238,7 +238,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def build_trainer(
     params: TrainerParams, max_epochs: int, folder: Path, monitor: str, mode: str, logger: Any,
-    plots: Path, extra_callbacks: list[Callback] | None = None, stage: str = "training", precision: str = "32-true",
+    plots: Path, precision: str, extra_callbacks: list[Callback] | None = None, stage: str = "training",
 ) -> L.Trainer:
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")  # ours: 2 + stamp
     # Both at the epoch's end, after EpochMetricsFile has added the epoch's row (checkpoint callbacks run
@@ -281,11 +281,11 @@ def finish(
 
 
 def validate_before_fit(params: TrainerParams, module: L.LightningModule, data: L.LightningDataModule,
-                        precision: str = "32-true") -> dict:
-    """The module's validation metrics as it stands (e.g. freshly loaded pretrained weights), on one
-    device with no logger or checkpoints, in the stage's precision: the baseline a fine-tuning stage must beat."""
-    trainer = L.Trainer(accelerator=params.accelerator, devices=1, num_nodes=1,
-                        precision=resolve_precision(precision, params.accelerator),
+                        precision: str) -> dict:
+    """The module's validation metrics as it stands (e.g. freshly loaded pretrained weights), on one device
+    with no logger or checkpoints, in the stage's resolved `precision`: the baseline a fine-tuning stage must
+    beat."""
+    trainer = L.Trainer(accelerator=params.accelerator, devices=1, num_nodes=1, precision=precision,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
     results = trainer.validate(module, data, verbose=False)[0]
@@ -363,8 +363,8 @@ def fit_stage(fit: StageFit, experiment: str) -> dict:
         if before:
             mlflow.log_metrics({f"pretrained/{k.removeprefix('val_')}": v for k, v in before.items()})
         trainer = build_trainer(fit.trainer, fit.epochs, fit.folder, fit.monitor, "max", logger,
-                                fit.reports / "plots" / f"{stage}.json", [EpochSetter(fit.random_mask_epochs)], stage,
-                                precision)
+                                fit.reports / "plots" / f"{stage}.json", fit.precision,
+                                [EpochSetter(fit.random_mask_epochs)], stage)
         trainer.fit(module, data, ckpt_path=resume)
         if not any(key.startswith("val/") for key in trainer.callback_metrics):  # resumed a finished run
             trainer.validate(module, data, verbose=False)
