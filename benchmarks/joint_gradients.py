@@ -1,6 +1,6 @@
 """python benchmarks/joint_gradients.py [--params params.yaml] [--batches 8] [--set finetune_joint.KEY=VALUE ...]
 
-How hard does each term of L_SN = w_PS * L_PS + L_E + L_S + L_I + lambda_X * L_X pull on the segmenter
+How hard does each term of L_SN = w_PS * L_PS + L_E + L_S + L_I + w_C * L_C + lambda_X * L_X pull on the segmenter
 at the start of joint fine-tuning? For a few training batches of `finetune_joint` (pretrained
 checkpoints loaded, the stage's own data and weights), the L2 norm of each weighted term's gradient
 with respect to the segmenter's parameters, and its ratio to the norm of the unweighted L_PS gradient,
@@ -42,6 +42,8 @@ def term_gradients(module, batch: dict) -> dict[str, float]:
              "L_S: GAN part": g["loss_seg"] - module.w.seg_ce * g["seg_ce"], "L_I": g["loss_image"]}
     if j.mel_enabled:
         terms["lambda_X * L_X"] = j.mel_weight * step.loss_x
+    if j.composite_weight:
+        terms["w_C * L_C"] = j.composite_weight * step.loss_c
     parameters = list(module.segmenter.parameters())
     flat = {}
     for name, term in terms.items():

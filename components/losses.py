@@ -9,6 +9,9 @@
   for the hole and the known region (LaMa's form), pooled over the batch or per image;
   `masked_cross_entropy` likewise for the
   segmentation inpainter;
+- `composite_l1`: whole-image L1 of the composite `I_I*M + I*(1-M)` against `I_G`, divided by the true
+  mask's pixels: the joint step's signal to the mask itself (its gradient at a pixel says whether the
+  fill or the photo is closer to the truth there);
 - `segmentation_loss`: the segmenter's own L_PS, per-pixel cross entropy;
 - `boundary_loss` (Kervadec et al.'s L_B) and `mask_expansion_loss` (the paper's MEL, L_X): the soft
   mask weighted by the signed distance map phi of `M_G` (components.masks.signed_distance), shifted by
@@ -97,6 +100,18 @@ def masked_cross_entropy(
     per_pixel = F.cross_entropy(logits, target, reduction="none")  # (B, H, W)
     weights = weight_missing * mask[:, 0] + weight_known * (1 - mask[:, 0])
     return _normalize((per_pixel * weights).flatten(1).sum(dim=1), mask, normalize_by)
+
+
+def composite_l1(composite: torch.Tensor, target: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Whole-image L1 of `composite` (B, 3, H, W), the fill pasted into the photo through a learned mask M,
+    against `target` `I_G`, per image divided by the pixels of `reference` `M_G` (B, 1, H, W) (a count
+    independent of M, so the loss cannot drop by resizing the mask alone), then the mean over images.
+
+    Its gradient w.r.t. M at a pixel p is (fill_p - I_p) * sign(composite_p - I_G,p): negative (grow M)
+    where an object pixel was left out and the fill is closer to the truth than the photo, positive
+    (shrink M) where M covers background the fill renders worse than the photo, zero on untouched
+    background (composite = I = I_G)."""
+    return masked_l1(composite, target, reference, 1.0, 1.0, "image")
 
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,12 @@ let half-transparent object pixels leak into the composite, and it would train t
 they never see at inference); backward, the gradient goes to the soft target-class probability `m_hat`
 as if the mask were `m_hat` itself. `m_hat` is restricted to a window, the selected instance and
 `M_G` dilated by `margin` pixels: the inpainting losses and MEL shape this object's mask, and other
-objects of the target class elsewhere in the image (present in `I_G` too) are left to L_PS.
+objects of the target class elsewhere in the image (present in `I_G` too) are left to L_PS. With
+`spare` (the true segmentation's other target-class pixels, off `M_G`), the window also leaves out the
+people the pasted one touches or that the selection swallowed: `m_hat` is the semantic "person"
+probability, shared by every instance, so pushing it down on a neighbour would teach the segmenter that
+a person who was not pasted is no person (measured: at L_PS weight 1 it then misses people on scenes
+without paste artefacts, README). Which instance a neighbour belongs to is the instance split's question.
 
 Fallback when no predicted target instance overlaps `M_G`: training fills `M_G` itself (the pair
 still trains the inpainters, and the straight-through gradient tells the segmenter where the object
@@ -26,6 +31,12 @@ import numpy as np
 import torch
 
 from components.segmenter import instances_from_labels
+
+
+def other_objects(seg: torch.Tensor, target_classes: Sequence[int], true_mask: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) bool: the target-class pixels of the true segmentation of I (B, H, W) off `M_G`."""
+    classes = torch.tensor(list(target_classes), device=seg.device)
+    return torch.isin(seg, classes)[:, None] & (true_mask < 0.5)
 
 
 def target_probability(logits: torch.Tensor, target_classes: Sequence[int]) -> torch.Tensor:
@@ -72,10 +83,10 @@ def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
 
 def training_mask(
     logits: torch.Tensor, target_classes: Sequence[int], true_mask: torch.Tensor, margin: int,
-    contact_logits: torch.Tensor | None = None,
+    contact_logits: torch.Tensor | None = None, spare: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The joint step's mask from the segmenter's logits (B, K, H, W) (and contact logits (B, 1, H, W))
-    and `M_G` (B, 1, H, W).
+    and `M_G` (B, 1, H, W); `spare` (B, 1, H, W) bool: pixels left out of m_hat's window (other objects).
 
     Returns (mask (B, 1, H, W): binary forward, straight-through to `m_hat`; m_hat (B, 1, H, W): the
     soft target probability inside the window, what MEL acts on; found (B,) bool: an instance
@@ -86,6 +97,8 @@ def training_mask(
     selected, found = select_by_overlap(labels, target_classes, reference, contact_probability(contact_logits))
     hard = np.where(found[:, None, None], selected, reference)  # fallback: M_G itself
     window = gradient_window(hard, reference, margin)
+    if spare is not None:
+        window &= ~spare[:, 0].detach().cpu().numpy().astype(bool)
     device = logits.device
     m_hat = target_probability(logits, target_classes) * torch.from_numpy(window).to(device)[:, None]
     hard_t = torch.from_numpy(hard).to(device=device, dtype=logits.dtype)[:, None]

@@ -19,6 +19,12 @@ inside M_G (where the object was), the mask's IoU with M_G, its coverage of M_G,
 what of the object a viewer still sees) and whether the removal is clean (leftover share at most
 `clean_share`), and LPIPS when its weights are local. FID per method over the whole split when the
 Inception file is local.
+
+**Photos with nothing pasted** (`photo_scores`): each segmenter on the same pairs' backgrounds `I_G`,
+photos as a user brings them (no paste seams to find): the IoU of its target-class pixels with the true
+ones where the photo holds a target, and its **false-alarm rate** on the photos that hold none (a target
+instance of at least the inference path's minimum area marked, so a class removal would erase
+something). Joint training must not buy its masks with these (issue 13, item 5).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from components.metrics import (
     visible_change,
 )
 from components.perceptual_metrics import LPIPS, frechet_distance, inception_features
+from components.segmenter import instances_from_labels
 from components.selection import evaluation_mask
 from pipelines.tracking import flat_metrics  # noqa: F401  (re-exported: the evaluate stage and its tests)
 
@@ -57,6 +64,7 @@ class Evaluation:
     rows: list[dict] = field(default_factory=list)  # one per (method, pair)
     composites: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # method -> (B, 3, H, W) batches
     samples: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # image, masks, target batches
+    photos: list[dict] = field(default_factory=list)  # one per (segmenter method, pair): photo_scores on I_G
 
 
 def bucket_order(records: list[dict]) -> list[str]:
@@ -96,6 +104,30 @@ def inpaint(model: Backend, image: torch.Tensor, mask: torch.Tensor, probabiliti
             canny_sigma: float) -> torch.Tensor:
     """The composite of `model`'s inpainters filling `mask` in `image`: the inference path's own step."""
     return torch.from_numpy(inference.inpaint(model, image.numpy(), probabilities.numpy(), mask.numpy(), canny_sigma))
+
+
+SEGMENTERS = ("joint_mel", "joint_no_mel", "pretrained")  # the methods with a segmenter of their own
+
+
+def photo_scores(probabilities: torch.Tensor, contact: np.ndarray | None, truth: torch.Tensor,
+                 target_classes: list[int], min_area: int) -> list[dict]:
+    """Per photo (probabilities (B, K, H, W) of the segmenter on I_G, its true segmentation (B, H, W)):
+    {"target_iou": IoU of the target-class pixels, None without a true target; "false_alarm": 1.0 when a
+    target instance of at least `min_area` pixels is marked on a photo without a true target, else 0.0;
+    None when the photo holds one}."""
+    labels = probabilities.argmax(dim=1).numpy()
+    classes = torch.tensor(target_classes)
+    predicted, true = np.isin(labels, target_classes), torch.isin(truth, classes).numpy()
+    rows = []
+    for b in range(len(labels)):
+        if true[b].any():
+            union = np.count_nonzero(predicted[b] | true[b])
+            rows.append({"target_iou": np.count_nonzero(predicted[b] & true[b]) / union, "false_alarm": None})
+        else:
+            cut = None if contact is None else contact[b]
+            marked = bool(instances_from_labels(labels[b], target_classes, min_area=min_area, contact=cut))
+            rows.append({"target_iou": None, "false_alarm": float(marked)})
+    return rows
 
 
 @torch.no_grad()
@@ -147,6 +179,12 @@ def evaluate_batches(
             result.samples.setdefault(f"mask_{name}", []).append(mask)
         for key in ("image", "background", "mask"):
             result.samples.setdefault(key, []).append(batch[key])
+        min_area = max(1, round(inference.InferenceConfig().min_instance_ratio * image.shape[-1] * image.shape[-2]))
+        for name in SEGMENTERS:
+            if name in models:
+                probs_bg, contact_bg = segment(models[name], target)
+                for i, row in enumerate(photo_scores(probs_bg, contact_bg, batch["bg_seg"], target_classes, min_area)):
+                    result.photos.append({"method": name, "pair": pair + i, **row})
         pair += n
     return result
 
@@ -250,6 +288,17 @@ def markdown_report(metrics: dict, grid_name: str) -> str:
     table(f"Leftover share: visible object pixels (|I - I_G| > {metrics['visible_threshold']} grey levels) "
           "outside the mask", "leftover_share", ".3f")
     table(f"Clean-removal rate (leftover share <= {metrics['clean_share']})", "clean", ".2f")
+    if metrics.get("photos"):
+        lines.extend(["## Photos with nothing pasted (the pairs' backgrounds I_G)", "",
+                      "Target-class IoU on the photos that hold a target; false-alarm rate: the share of the photos "
+                      "without one where a target instance is marked (a class removal would erase something).", "",
+                      "| method | target IoU | photos | false-alarm rate | photos |",
+                      "| --- | --- | --- | --- | --- |"])
+        for name, s in metrics["photos"].items():
+            iou = "-" if s["target_iou"] is None else f"{s['target_iou']:.3f}"
+            alarm = "-" if s["false_alarm"] is None else f"{s['false_alarm']:.3f}"
+            lines.append(f"| {name} | {iou} | {s['with_target']} | {alarm} | {s['without_target']} |")
+        lines.append("")
     if metrics["perceptual"].get("lpips") == "computed":
         table("LPIPS (VGG)", "lpips", ".4f")
     lines.extend(["## Perceptual metrics", ""])
@@ -263,6 +312,18 @@ def markdown_report(metrics: dict, grid_name: str) -> str:
                   "Rows: best, median and worst pairs of the joint model by PSNR. Columns: input, predicted mask, "
                   "true mask, result, ground truth.", "", f"![samples]({grid_name})", ""])
     return "\n".join(lines)
+
+
+def summarize_photos(rows: list[dict]) -> dict:
+    """{method: {"target_iou": mean, "with_target": n, "false_alarm": rate, "without_target": n}}."""
+    out: dict[str, dict] = {}
+    for name in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == name]
+        ious = [r["target_iou"] for r in mine if r["target_iou"] is not None]
+        alarms = [r["false_alarm"] for r in mine if r["false_alarm"] is not None]
+        out[name] = {"target_iou": _mean(ious), "with_target": len(ious), "false_alarm": _mean(alarms),
+                     "without_target": len(alarms)}
+    return out
 
 
 def bucket_rows(metrics: dict, key: str) -> list[dict]:

@@ -257,6 +257,9 @@ class FinetuneJointParams(Section):
     background_share: Fraction  # training items shown as the bare I_G: only L_PS learns from them
     contact_weight: Annotated[float, Field(ge=0)]  # the contact head's BCE in L_PS
     map_gradient: bool  # the inpainting losses reach the segmenter through its segmentation map too (not only the mask)
+    mask_gradient: Literal["composite", "inputs"]  # how the inpainting losses reach the mask (README)
+    composite_weight: Annotated[float, Field(ge=0)]  # the composite's whole-image L1 in L_I: the mask's own signal
+    spare_others: bool  # MEL and L_C leave the other (not pasted) people of I alone (components/selection.py)
     losses: InpainterLossWeights
     mel: MelParams
 

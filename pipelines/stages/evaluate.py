@@ -34,6 +34,7 @@ from pipelines.evaluation import (
     plot_rows,
     sample_grid,
     summarize,
+    summarize_photos,
 )
 from pipelines.params import Params
 from pipelines.tracking import start_stage_run
@@ -81,6 +82,7 @@ def run(params: Params, experiment: str = "object-removal") -> dict:
         "split": p.split, "pairs": len(dataset), "image_size": params.networks.image_size, "buckets": buckets,
         "visible_threshold": p.visible_threshold, "clean_share": p.clean_share,
         "methods": summarize(result.rows, PER_PAIR, "method", buckets),
+        "photos": summarize_photos(result.photos),
         "perceptual": perceptual,
         "fid": fid_scores(result, inception) if inception is not None else None,
     }
@@ -97,7 +99,8 @@ def run(params: Params, experiment: str = "object-removal") -> dict:
         write_json(reports / "plots" / "evaluate_clean.json", clean)
         cv2.imwrite(str(reports / "samples.png"), grid[..., ::-1])
         (reports / "evaluation.md").write_text(markdown_report(metrics, "samples.png"))
-        mlflow.log_metrics(flat_metrics({"methods": metrics["methods"], "fid": metrics["fid"] or {}}))
+        mlflow.log_metrics(flat_metrics({"methods": metrics["methods"], "photos": metrics["photos"],
+                                         "fid": metrics["fid"] or {}}))
         for name in ("metrics.json", "evaluation.md", "samples.png"):
             mlflow.log_artifact(str(reports / name), artifact_path="evaluation")
         mlflow.set_tag("samples", str(picked))

@@ -9,19 +9,26 @@ with the segmenter in front. Per step:
     3. inpaint with that mask, the segmenter's probabilities (detached: `map_gradient` false) as the
        segmentation input;
     4. discriminators first (detached fakes), then
-       L_SN = L_PS + L_E + L_S + L_I + lambda_X * L_X, L_X = sum (phi - alpha) * m_hat (MEL, optional),
-       one backward pass into the segmenter and the three generators.
+       L_SN = L_PS + L_E + L_S + L_I + w_C * L_C + lambda_X * L_X, L_X = mean (phi - alpha) * m_hat (MEL,
+       optional), one backward pass into the segmenter and the three generators.
 
-The inpainting losses reach the segmenter through the selected mask only (`map_gradient: false`, the
-default): the segmentation map the segmentation inpainter completes, and its discriminator judges, is
-the segmenter's output detached, so the method's coupling is the mask alone. (Measured at the start of
-joint training, benchmarks/joint_gradients.py: this is not what makes L_S pull hardest on the
-segmenter; L_S is 27x L_PS through the mask alone and 23x with the map path too.)
+How the inpainting losses reach the mask (`mask_gradient`):
+- "composite" (the CPU default): through `L_C` = the whole-image L1 of the composite I_I*M + I*(1-M)
+  against I_G, per M_G pixel (losses.composite_l1; the fill detached there, so `L_C` trains the mask
+  only). Its gradient at a pixel is the question the method asks: is the fill or the photo closer to the
+  truth here? Grow over object pixels left out, shrink off background the fill renders worse. The
+  generators see the mask detached, so L_E, L_S and L_I train only them.
+- "inputs": through what the generators see (the hole, its fill, the mask channel), the gradient of
+  their hole-only losses with respect to the hole's shape. Measured (README, *Balance of L_SN*): 3-30x
+  L_PS's pull, in directions unrelated to it, and nothing in it scores an object pixel left outside the
+  hole, since the losses count hole pixels only.
 
-The L1 / CE terms are weighted and normalized with the *detached* mask: their normalization counts the
-mask's pixels, and a gradient through that count would reward growing the mask for its own sake. The
-inpainting losses reach the segmenter through what the generators see (the hole and its fill), which is
-the signal the method is about.
+The L1 / CE terms of L_E, L_S, L_I are weighted and normalized with the *detached* mask: their
+normalization counts the mask's pixels, and a gradient through that count would reward growing the mask
+for its own sake; `L_C` divides by M_G's pixels instead.
+
+The segmentation map the segmentation inpainter completes, and its discriminator judges, is the
+segmenter's output detached (`map_gradient: false`), so the method's coupling is the mask alone.
 
 Validation selects like evaluation (no fallback: when no instance overlaps M_G nothing is removed) and
 reports the composite's PSNR / SSIM, PSNR inside M_G, the mask's coverage of M_G, its size relative to
@@ -40,7 +47,7 @@ from components import losses
 from components.inpainting import InpaintingConfig
 from components.metrics import area_ratio, coverage, mask_iou, psnr, ssim
 from components.segmenter import Segmenter, SegmenterConfig
-from components.selection import contact_probability, evaluation_mask, training_mask
+from components.selection import contact_probability, evaluation_mask, other_objects, training_mask
 from pipelines.params import FinetuneJointParams
 from pipelines.training.inpainter_module import InpainterModule, LossWeights, OptimConfig
 from pipelines.training.segmenter_module import segmenter_terms
@@ -59,6 +66,11 @@ class JointConfig:
     mel_reduction: Literal["mean", "sum"] = "mean"
     contact_weight: float = 1.0  # the contact head's BCE in L_PS (when the segmenter has the head)
     map_gradient: bool = False  # the inpainting losses also reach the segmenter through the segmentation map
+    # how the inpainting losses reach the mask: "composite", through the composite's whole-image L1 alone
+    # (the generators see the mask detached); "inputs", through what the generators see (the hole, its fill)
+    mask_gradient: Literal["composite", "inputs"] = "inputs"
+    composite_weight: float = 0.0  # weight of losses.composite_l1 in L_I (0: the term is off)
+    spare_others: bool = False  # m_hat is 0 on the other target-class objects of I (selection.other_objects)
 
 
 # ----------------------------------------------------------------------------- configs from params
@@ -73,7 +85,8 @@ def joint_config(section: FinetuneJointParams, target_classes: Sequence[int]) ->
     return JointConfig(target_classes=tuple(target_classes), segmenter_lr=section.segmenter_lr,
                        segmentation_weight=section.segmentation_weight, margin=section.selection_margin,
                        mel_enabled=mel.enabled, contact_weight=section.contact_weight,
-                       map_gradient=section.map_gradient, **settings)
+                       map_gradient=section.map_gradient, mask_gradient=section.mask_gradient,
+                       composite_weight=section.composite_weight, spare_others=section.spare_others, **settings)
 
 
 class JointPass(NamedTuple):
@@ -82,6 +95,7 @@ class JointPass(NamedTuple):
     fake: dict[str, torch.Tensor]  # the inpainters' outputs (InpainterModule._generate)
     loss_ps: torch.Tensor  # L_PS
     loss_x: torch.Tensor  # L_X, unweighted (zero with MEL off)
+    loss_c: torch.Tensor  # losses.composite_l1 through the mask, unweighted (zero with composite_weight 0)
 
 
 class JointModule(InpainterModule):
@@ -109,25 +123,34 @@ class JointModule(InpainterModule):
         # 1. segment
         logits, contact = self.segmenter.segment(batch["image"])  # (B, K, H, W), (B, 1, H, W) or None
         # 2. select the mask: binary forward, straight-through to m_hat
-        mask, m_hat, found = training_mask(logits, j.target_classes, batch["mask"], j.margin, contact)
+        spare = other_objects(batch["seg"], j.target_classes, batch["mask"]) if j.spare_others else None
+        mask, m_hat, found = training_mask(logits, j.target_classes, batch["mask"], j.margin, contact, spare)
         # 3. inpaint with it; the segmentation map they are given is the segmenter's, detached unless
         #    map_gradient: the inpainting losses then shape the segmenter through the mask alone
+        #    (mask_gradient "composite": the generators see the mask detached)
         probabilities = logits.softmax(dim=1)
-        fake = self._generate(batch, mask=mask, seg_in=probabilities if j.map_gradient else probabilities.detach())
+        fake = self._generate(batch, mask=mask if j.mask_gradient == "inputs" else mask.detach(),
+                              seg_in=probabilities if j.map_gradient else probabilities.detach())
+        zero = torch.zeros((), device=logits.device)
         loss_x = (losses.mask_expansion_loss(batch["sdf"], m_hat, j.mel_alpha, j.mel_reduction)
-                  if j.mel_enabled else torch.zeros((), device=logits.device))
+                  if j.mel_enabled else zero)
+        # the mask's own signal: the composite through the mask (the fill detached: this term trains the
+        # mask, the generators keep their own losses), (B, 3, H, W)
+        image = batch["image"]
+        composite = fake["image"].detach() * mask + image * (1 - mask)
+        loss_c = losses.composite_l1(composite, batch["background"], batch["mask"]) if j.composite_weight else zero
         loss_ps = segmenter_terms(logits, contact, batch, j.contact_weight)[0]
-        return JointPass(mask, found, fake, loss_ps, loss_x)
+        return JointPass(mask, found, fake, loss_ps, loss_x, loss_c)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         g_edge, d_edge, g_seg, d_seg, g_image, d_image, opt_segmenter = self.optimizers()
         j = self.joint
-        mask, found, fake, loss_ps, loss_x = self.segment_and_inpaint(batch)
+        mask, found, fake, loss_ps, loss_x, loss_c = self.segment_and_inpaint(batch)
         # 4. discriminators first, then everything else in one backward pass
         d_logs = self.update_discriminators(fake, batch, [d_edge, d_seg, d_image])
         g = self.generator_losses(fake, batch, mask.detach())
         total = (j.segmentation_weight * loss_ps + g["loss_edge"] + g["loss_seg"] + g["loss_image"]
-                 + (j.mel_weight * loss_x if j.mel_enabled else 0.0))
+                 + j.composite_weight * loss_c + (j.mel_weight * loss_x if j.mel_enabled else 0.0))
         generators = (g_edge, g_seg, g_image, opt_segmenter)
         for opt in generators:
             opt.zero_grad(set_to_none=True)
@@ -140,6 +163,7 @@ class JointModule(InpainterModule):
         with torch.no_grad():
             hard = mask.detach()
             logs = {"train/loss": total.detach(), "train/loss_ps": loss_ps, "train/mel": loss_x,
+                    "train/composite_l1": loss_c.detach(),
                     "train/coverage": coverage(hard, batch["mask"]).nanmean(),
                     "train/mask_ratio": area_ratio(hard, batch["mask"]).nanmean(),
                     "train/found": found.float().mean(),
@@ -164,7 +188,8 @@ class JointModule(InpainterModule):
             "val/loss_ps": segmenter_terms(logits, contact, batch, j.contact_weight)[0],
         }
         if "sdf" in batch:
-            m_hat = training_mask(logits, j.target_classes, true_mask, j.margin, contact)[1]
+            spare = other_objects(batch["seg"], j.target_classes, true_mask) if j.spare_others else None
+            m_hat = training_mask(logits, j.target_classes, true_mask, j.margin, contact, spare)[1]
             metrics["val/mel"] = losses.mask_expansion_loss(batch["sdf"], m_hat, j.mel_alpha, j.mel_reduction)
         self.log_dict(metrics, on_epoch=True, batch_size=len(mask), sync_dist=True)
         if batch_idx == 0:

@@ -11,7 +11,16 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from components.metrics import area_ratio, clean_removal, leftover_share, visible_change
 from components.perceptual_metrics import LPIPS, frechet_distance, inception_features, load_inception, load_lpips
-from pipelines.evaluation import flat_metrics, markdown_report, morph, plot_rows, summarize, table1_rows
+from pipelines.evaluation import (
+    flat_metrics,
+    markdown_report,
+    morph,
+    photo_scores,
+    plot_rows,
+    summarize,
+    summarize_photos,
+    table1_rows,
+)
 
 
 class TinyInception(nn.Module):
@@ -130,3 +139,25 @@ def test_summary_plots_and_report():
     assert "Clean-removal rate (leftover share <= 0.02)" in report and "| joint_mel | 0.50 | 1.00 | 0.67 |" in report
     flat = flat_metrics({"methods": metrics["methods"]})
     assert flat["methods/joint_mel/0-10/psnr"] == 31.0 and all(isinstance(v, float) for v in flat.values())
+
+
+def test_photo_scores_measure_targets_found_and_false_alarms():
+    """Three photos at 8x8, target class 1: one holding a person half found, one person-free with a large
+    false person, one person-free with a speck below the minimum area."""
+    truth = torch.zeros(3, 8, 8, dtype=torch.long)
+    truth[0, 0:4, 0:4] = 1  # 16 true person pixels
+    labels = torch.zeros(3, 8, 8, dtype=torch.long)
+    labels[0, 0:4, 0:2] = 1  # 8 of them found
+    labels[0, 6:8, 6:8] = 1  # and 4 false ones: IoU 8 / 20
+    labels[1, 2:6, 2:6] = 1  # a 16-pixel false person
+    labels[2, 0, 0] = 1  # a 1-pixel speck
+    probabilities = torch.nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float()
+    rows = photo_scores(probabilities, None, truth, [1], min_area=4)
+    assert rows[0] == {"target_iou": pytest.approx(0.4), "false_alarm": None}
+    assert rows[1] == {"target_iou": None, "false_alarm": 1.0}
+    assert rows[2] == {"target_iou": None, "false_alarm": 0.0}
+    summary = summarize_photos([{"method": "pretrained", "pair": i, **r} for i, r in enumerate(rows)])
+    assert summary == {"pretrained": {"target_iou": 0.4, "with_target": 1, "false_alarm": 0.5, "without_target": 2}}
+    metrics = {"split": "test", "pairs": 3, "image_size": 8, "buckets": ["0-10"], "visible_threshold": 8,
+               "clean_share": 0.02, "methods": {}, "photos": summary, "perceptual": {}, "fid": None}
+    assert "| pretrained | 0.400 | 1 | 0.500 | 2 |" in markdown_report(metrics, "samples.png")

@@ -56,6 +56,31 @@ def test_masked_l1_is_the_mean_over_masked_pixels():
     assert losses.masked_l1(pred, target, mask, 1.0, 1.0).item() == pytest.approx(whole.item(), rel=1e-5)
 
 
+def test_composite_l1_tells_the_mask_where_to_grow_and_where_to_shrink():
+    """A 1x6 strip: I_G grey; the object (white) on pixels 1-3 (M_G); the fill equals I_G except at pixel 5.
+    The mask covers pixels 1-2 (pixel 3 left behind) and 5 (background the fill renders badly)."""
+    background = torch.full((1, 3, 1, 6), 0.5)
+    image = background.clone()
+    image[..., 1:4] = 1.0
+    fill = background.clone()
+    fill[..., 5] = 0.9
+    reference = torch.zeros(1, 1, 1, 6)
+    reference[..., 1:4] = 1
+    mask = torch.tensor([[[[0.0, 1, 1, 0, 0, 1]]]], requires_grad=True)
+    loss = losses.composite_l1(fill * mask + image * (1 - mask), background, reference)
+    # left-behind pixel 3: |1 - 0.5| x 3 channels; bad fill at 5: |0.9 - 0.5| x 3; / (3 channels x 3 M_G pixels)
+    assert loss.item() == pytest.approx((0.5 + 0.4) / 3)
+    (grad,) = torch.autograd.grad(loss, mask)
+    grad = grad[0, 0, 0]
+    assert grad[3] < 0  # grow over the object pixel left out: the fill is closer to the truth there
+    assert grad[5] > 0  # shrink off background the fill renders worse than the photo
+    assert grad[0] == 0 and grad[4] == 0  # untouched background: composite = photo = truth
+    assert grad[1] == 0 and grad[2] == 0  # covered and filled exactly: nothing to gain
+    # the count is M_G's, not the mask's: a bigger mask is not cheaper for its own sake
+    bigger = torch.ones(1, 1, 1, 6)
+    assert losses.composite_l1(background * bigger + image * (1 - bigger), background, reference).item() == 0.0
+
+
 def test_masked_cross_entropy():
     logits = torch.zeros(1, 4, 2, 2)
     target = torch.zeros(1, 2, 2, dtype=torch.long)

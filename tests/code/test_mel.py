@@ -9,7 +9,7 @@ import torch
 
 from components import losses
 from components.masks import dilate_mask, erode_mask, signed_distance
-from components.selection import select_by_overlap, straight_through, training_mask
+from components.selection import other_objects, select_by_overlap, straight_through, training_mask
 
 
 def brute_force_phi(mask: np.ndarray) -> np.ndarray:
@@ -132,3 +132,25 @@ def test_straight_through_and_training_mask():
     assert m_hat[1, 0, 0:3, 0:3].abs().sum() == 0  # the far person is outside image 1's window
     mask.sum().backward()
     assert logits.grad.abs().sum() > 0
+
+
+def test_the_window_spares_the_people_that_were_not_pasted():
+    """A person touching the pasted one (M_G): both are one predicted component, so the selection holds
+    both; with `spare`, m_hat (what MEL and L_C push on) is zero on the other person's true pixels, and
+    still covers M_G and the stuff around it."""
+    seg = torch.zeros(1, 12, 12, dtype=torch.long)
+    seg[0, 3:9, 2:6] = 1  # the pasted person, M_G
+    seg[0, 3:9, 6:9] = 1  # a person of the background photo, touching it
+    seg[0, 0:2, 0:2] = 2  # some other thing class
+    true = torch.zeros(1, 1, 12, 12)
+    true[0, 0, 3:9, 2:6] = 1
+    others = other_objects(seg, [1], true)
+    assert torch.equal(others[0, 0], (seg[0] == 1) & (true[0, 0] == 0))
+    logits = torch.zeros(1, 3, 12, 12)
+    logits[0, 1] = torch.where(seg[0] == 1, 5.0, -5.0)
+    mask, m_hat, found = training_mask(logits, [1], true, margin=2, spare=others)
+    assert found.item() and mask[0, 0, 3:9, 2:9].detach().eq(1).all()  # the selection merged both people
+    assert m_hat[0, 0][others[0, 0]].abs().sum() == 0
+    assert (m_hat[0, 0][true[0, 0] > 0] > 0.9).all() and m_hat[0, 0, 3:9, 0:2].gt(0).all()
+    spared = training_mask(logits, [1], true, margin=2)[1]
+    assert spared[0, 0][others[0, 0]].gt(0.9).all()  # without it the neighbour is in the window

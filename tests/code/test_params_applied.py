@@ -164,7 +164,8 @@ def test_configs_equal_their_params_sections(tiny, build):
         "target_classes": joint.module.joint.target_classes, "segmenter_lr": j.segmenter_lr,
         "segmentation_weight": j.segmentation_weight, "margin": j.selection_margin, "mel_enabled": mel.enabled,
         "mel_alpha": mel.alpha, "mel_weight": mel.weight, "mel_reduction": mel.reduction,
-        "contact_weight": j.contact_weight, "map_gradient": j.map_gradient}
+        "contact_weight": j.contact_weight, "map_gradient": j.map_gradient,
+        "mask_gradient": j.mask_gradient, "composite_weight": j.composite_weight, "spare_others": j.spare_others}
     assert asdict(joint.module.optim_config)["schedule"] == j.schedule
     assert joint.data.config.sdf_normalization == mel.normalization
     assert joint.data.config.contact_band == params.networks.segmenter.contact_band > 0

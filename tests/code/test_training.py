@@ -103,6 +103,27 @@ def test_inpainting_losses_reach_the_segmenter(tiny):
     assert sum(1 for g in grads.values() if g.abs().sum() > 0) >= 0.9 * len(grads)
 
 
+
+def test_with_the_composite_signal_only_the_composite_reaches_the_segmenter(tiny):
+    """mask_gradient "composite": L_C moves the segmenter; the inpainters' own losses do not (the
+    generators see the mask detached), and L_C leaves the generators to their own losses."""
+    data, num_classes, targets = _data(tiny[1], sdf="max_abs")
+    data.setup()
+    batch = next(iter(data.train_dataloader()))
+    module = _joint(num_classes, targets, segmentation_weight=0.0, mel_enabled=False, mask_gradient="composite",
+                    composite_weight=1.0)
+    step = module.segment_and_inpaint(batch)
+    g = module.generator_losses(step.fake, batch, step.mask.detach())
+    segmenter = list(module.segmenter.parameters())
+    inpainters = [p for p in module.nets.parameters()]
+    through_fill = torch.autograd.grad(g["loss_image"] + g["loss_seg"] + g["loss_edge"], segmenter,
+                                       retain_graph=True, allow_unused=True)
+    assert all(grad is None or not grad.any() for grad in through_fill)
+    assert step.loss_c.item() > 0
+    from_composite = torch.autograd.grad(step.loss_c, segmenter, retain_graph=True, allow_unused=True)
+    assert sum(float(grad.abs().sum()) for grad in from_composite if grad is not None) > 0
+    assert all(grad is None for grad in torch.autograd.grad(step.loss_c, inpainters, allow_unused=True))
+
 def test_segmenter_stage_tracks_resumes_and_writes(tiny, mlflow_store):
     tmp, raw = tiny
     info = pretrain_segmenter.run(parse_params(raw))

@@ -1,0 +1,85 @@
+"""python benchmarks/joint_balance.py [--variant NAME KEY=VALUE ...]... [--out benchmarks/results/joint_balance.json]
+
+What does joint fine-tuning at the paper's balance (L_PS weight 1) do to the segmenter, and which part
+of the joint loss does it? Each variant is `finetune_joint` with some params changed (YAML values), run
+from the workspace's pretrained checkpoints (`dvc repro pretrain_inpainter` first) into a temporary
+folder, then the `evaluate` stage on the test split with that joint model as joint_mel. Per variant:
+validation PSNR and L_PS of the joint stage; on the test split the joint model's whole-image PSNR, SSIM
+and mask IoU with M_G; and on the same pairs' backgrounds I_G (photos with nothing pasted) its
+target-class IoU and false-alarm rate (pipelines/evaluation.py: photo_scores). A variant that gains
+PSNR on the pairs while its photo figures fall has learned to find paste seams, not people.
+MLflow runs go to a temporary store. Without --variant, the variants of the README's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+VARIANTS = {
+    "default": [],
+    "inputs_w1": ["finetune_joint.segmentation_weight=1"],
+    "composite_w1": ["finetune_joint.segmentation_weight=1", "finetune_joint.mask_gradient=composite",
+                     "finetune_joint.composite_weight=30"],
+    "composite_w1_spare": ["finetune_joint.segmentation_weight=1", "finetune_joint.mask_gradient=composite",
+                           "finetune_joint.composite_weight=30", "finetune_joint.spare_others=true"],
+    "composite_w100": ["finetune_joint.mask_gradient=composite", "finetune_joint.composite_weight=30"],
+}
+
+
+def run_variant(name: str, settings: list[str], folder: Path) -> dict:
+    from benchmarks.joint_gradients import overridden
+    from pipelines.stages import evaluate, finetune_joint
+
+    params = overridden(str(REPO / "params.yaml"), [*settings, f"paths.joint={folder / name / 'joint'}",
+                                                    f"paths.reports={folder / name / 'reports'}"])
+    started = time.perf_counter()
+    finetune_joint.run(params, experiment="joint-balance")
+    val = json.loads((folder / name / "reports" / "finetune_joint.json").read_text())
+    metrics = evaluate.run(params, experiment="joint-balance")
+    test, photos = metrics["methods"]["joint_mel"]["all"], metrics["photos"]
+    return {"settings": settings, "wall_s": round(time.perf_counter() - started, 1),
+            "val_psnr": val["val_psnr"], "val_loss_ps": val["val_loss_ps"],
+            "pretrained_val_psnr": val["pretrained_val_psnr"], "pretrained_val_loss_ps": val["pretrained_val_loss_ps"],
+            "test_psnr": test["psnr"], "test_ssim": test["ssim"], "test_mask_iou": test["iou"],
+            "photo_target_iou": photos["joint_mel"]["target_iou"],
+            "photo_false_alarm": photos["joint_mel"]["false_alarm"],
+            "pretrained_photo_target_iou": photos["pretrained"]["target_iou"],
+            "pretrained_photo_false_alarm": photos["pretrained"]["false_alarm"],
+            "pretrained_test_psnr": metrics["methods"]["pretrained"]["all"]["psnr"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", nargs="+", action="append", metavar=("NAME", "KEY=VALUE"),
+                        help="a variant: its name, then the params it changes (repeatable)")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "joint_balance.json")
+    args = parser.parse_args()
+    variants = {v[0]: v[1:] for v in args.variant} if args.variant else VARIANTS
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="joint-balance-") as tmp:
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
+        for name, settings in variants.items():
+            rows[name] = run_variant(name, settings, Path(tmp))
+            r = rows[name]
+            print(f"{name:>20}: val PSNR {r['val_psnr']:.2f} (pretrained {r['pretrained_val_psnr']:.2f}), val L_PS "
+                  f"{r['val_loss_ps']:.3f}; test PSNR {r['test_psnr']:.2f}, IoU {r['test_mask_iou']:.3f}; photos: "
+                  f"target IoU {r['photo_target_iou']:.3f} (pretrained {r['pretrained_photo_target_iou']:.3f}), "
+                  f"false alarms {r['photo_false_alarm']:.3f} ({r['pretrained_photo_false_alarm']:.3f})", flush=True)
+    result = {"host": platform.node(), "note": "finetune_joint variants from the same pretrained checkpoints, one "
+              "seed each; test split and its backgrounds I_G (benchmarks/joint_balance.py)", "variants": rows}
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
