@@ -36,7 +36,8 @@ ALTERNATIVES = {"schedule": {"cosine": "constant", "constant": "cosine"},
                 "hole_fill": {"smooth": "white"}, "precision": {"32-true": "bf16-mixed", "auto": "16-mixed"},
                 "strategy": {"auto": "ddp"}, "accelerator": {"cpu": "gpu"},
                 "normalization": {"max_abs": "diagonal"}, "reduction": {"mean": "sum"},
-                "features": {"discriminator": "vgg19"}, "channels_last": {"segmenter": "inpainter"}}
+                "features": {"discriminator": "vgg19"}, "channels_last": {"segmenter": "inpainter"},
+                "mask_gradient": {"inputs": "composite", "composite": "inputs"}}
 # a change that is only valid together with another one: both are applied to the base as well
 COMPANIONS = {"networks.inpainter.hole_fill": {"networks.inpainter.image_head": "tanh01"},
               "pretrain_inpainter.features": {"pretrain_inpainter.vgg19_weights": "/weights/vgg19.pth"}}
