@@ -8,7 +8,8 @@ validation PSNR and L_PS of the joint stage; on the test split the joint model's
 and mask IoU with M_G; and on the same pairs' backgrounds I_G (photos with nothing pasted) its
 target-class IoU and false-alarm rate (pipelines/evaluation.py: photo_scores). A variant that gains
 PSNR on the pairs while its photo figures fall has learned to find paste seams, not people.
-MLflow runs go to a temporary store. Without --variant, the variants of the README's table.
+MLflow runs go to a temporary store. Without --variant, the variants of the README's table. Results
+are merged into --out by variant name (a variant run again replaces its row, the others stay).
 """
 
 from __future__ import annotations
@@ -75,8 +76,10 @@ def main() -> None:
                   f"{r['val_loss_ps']:.3f}; test PSNR {r['test_psnr']:.2f}, IoU {r['test_mask_iou']:.3f}; photos: "
                   f"target IoU {r['photo_target_iou']:.3f} (pretrained {r['pretrained_photo_target_iou']:.3f}), "
                   f"false alarms {r['photo_false_alarm']:.3f} ({r['pretrained_photo_false_alarm']:.3f})", flush=True)
+    stored = json.loads(args.out.read_text())["variants"] if args.out.is_file() else {}
     result = {"host": platform.node(), "note": "finetune_joint variants from the same pretrained checkpoints, one "
-              "seed each; test split and its backgrounds I_G (benchmarks/joint_balance.py)", "variants": rows}
+              "seed each; test split and its backgrounds I_G (benchmarks/joint_balance.py)",
+              "variants": {**stored, **rows}}
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 
