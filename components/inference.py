@@ -80,6 +80,10 @@ class InferenceConfig:
     box_share: float = 0.5  # share of an instance's area inside a box for the box to select it
     refine: bool = True
 
+    def min_area(self, size: int) -> int:
+        """The smallest instance (pixels) a class removal takes at working resolution `size`."""
+        return max(1, round(self.min_instance_ratio * size**2))
+
 
 @dataclass(frozen=True)
 class Target:
@@ -331,7 +335,7 @@ class ObjectRemover:
         return np.stack(small).transpose(0, 3, 1, 2).astype(np.float32) / 255
 
     def _min_area(self) -> int:
-        return max(1, round(self.config.min_instance_ratio * self.info.image_size**2))
+        return self.config.min_area(self.info.image_size)
 
     def _instances(self, probabilities: np.ndarray, contact: np.ndarray | None, classes, min_area: int
                    ) -> list[tuple[int, np.ndarray]]:

@@ -115,14 +115,15 @@ def photo_scores(probabilities: torch.Tensor, contact: np.ndarray | None, truth:
     {"target_iou": IoU of the target-class pixels, None without a true target; "false_alarm": 1.0 when a
     target instance of at least `min_area` pixels is marked on a photo without a true target, else 0.0;
     None when the photo holds one}."""
-    labels = probabilities.argmax(dim=1).numpy()
+    labels = probabilities.argmax(dim=1)
     classes = torch.tensor(target_classes)
-    predicted, true = np.isin(labels, target_classes), torch.isin(truth, classes).numpy()
+    true = torch.isin(truth, classes)[:, None]  # (B, 1, H, W)
+    ious = mask_iou(torch.isin(labels, classes)[:, None], true)
+    labels, holds = labels.numpy(), true.flatten(1).any(dim=1)
     rows = []
     for b in range(len(labels)):
-        if true[b].any():
-            union = np.count_nonzero(predicted[b] | true[b])
-            rows.append({"target_iou": np.count_nonzero(predicted[b] & true[b]) / union, "false_alarm": None})
+        if holds[b]:
+            rows.append({"target_iou": float(ious[b]), "false_alarm": None})
         else:
             cut = None if contact is None else contact[b]
             marked = bool(instances_from_labels(labels[b], target_classes, min_area=min_area, contact=cut))
@@ -179,7 +180,7 @@ def evaluate_batches(
             result.samples.setdefault(f"mask_{name}", []).append(mask)
         for key in ("image", "background", "mask"):
             result.samples.setdefault(key, []).append(batch[key])
-        min_area = max(1, round(inference.InferenceConfig().min_instance_ratio * image.shape[-1] * image.shape[-2]))
+        min_area = inference.InferenceConfig().min_area(image.shape[-1])  # what a class removal would take
         for name in SEGMENTERS:
             if name in models:
                 probs_bg, contact_bg = segment(models[name], target)

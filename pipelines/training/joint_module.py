@@ -13,12 +13,12 @@ with the segmenter in front. Per step:
        optional), one backward pass into the segmenter and the three generators.
 
 How the inpainting losses reach the mask (`mask_gradient`):
-- "composite" (the CPU default): through `L_C` = the whole-image L1 of the composite I_I*M + I*(1-M)
+- "composite": through `L_C` = the whole-image L1 of the composite I_I*M + I*(1-M)
   against I_G, per M_G pixel (losses.composite_l1; the fill detached there, so `L_C` trains the mask
   only). Its gradient at a pixel is the question the method asks: is the fill or the photo closer to the
   truth here? Grow over object pixels left out, shrink off background the fill renders worse. The
   generators see the mask detached, so L_E, L_S and L_I train only them.
-- "inputs": through what the generators see (the hole, its fill, the mask channel), the gradient of
+- "inputs" (the CPU default): through what the generators see (the hole, its fill, the mask channel), the gradient of
   their hole-only losses with respect to the hole's shape. Measured (README, *Balance of L_SN*): 3-30x
   L_PS's pull, in directions unrelated to it, and nothing in it scores an object pixel left outside the
   hole, since the losses count hole pixels only.
@@ -123,8 +123,8 @@ class JointModule(InpainterModule):
         # 1. segment
         logits, contact = self.segmenter.segment(batch["image"])  # (B, K, H, W), (B, 1, H, W) or None
         # 2. select the mask: binary forward, straight-through to m_hat
-        spare = other_objects(batch["seg"], j.target_classes, batch["mask"]) if j.spare_others else None
-        mask, m_hat, found = training_mask(logits, j.target_classes, batch["mask"], j.margin, contact, spare)
+        mask, m_hat, found = training_mask(logits, j.target_classes, batch["mask"], j.margin, contact,
+                                           self._spared(batch))
         # 3. inpaint with it; the segmentation map they are given is the segmenter's, detached unless
         #    map_gradient: the inpainting losses then shape the segmenter through the mask alone
         #    (mask_gradient "composite": the generators see the mask detached)
@@ -136,11 +136,17 @@ class JointModule(InpainterModule):
                   if j.mel_enabled else zero)
         # the mask's own signal: the composite through the mask (the fill detached: this term trains the
         # mask, the generators keep their own losses), (B, 3, H, W)
-        image = batch["image"]
-        composite = fake["image"].detach() * mask + image * (1 - mask)
-        loss_c = losses.composite_l1(composite, batch["background"], batch["mask"]) if j.composite_weight else zero
+        loss_c = zero
+        if j.composite_weight:
+            composite = fake["image"].detach() * mask + batch["image"] * (1 - mask)
+            loss_c = losses.composite_l1(composite, batch["background"], batch["mask"])
         loss_ps = segmenter_terms(logits, contact, batch, j.contact_weight)[0]
         return JointPass(mask, found, fake, loss_ps, loss_x, loss_c)
+
+    def _spared(self, batch: dict) -> torch.Tensor | None:
+        """The pixels m_hat leaves out with `spare_others`: the unpasted target-class objects of I."""
+        j = self.joint
+        return other_objects(batch["seg"], j.target_classes, batch["mask"]) if j.spare_others else None
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         g_edge, d_edge, g_seg, d_seg, g_image, d_image, opt_segmenter = self.optimizers()
@@ -188,8 +194,7 @@ class JointModule(InpainterModule):
             "val/loss_ps": segmenter_terms(logits, contact, batch, j.contact_weight)[0],
         }
         if "sdf" in batch:
-            spare = other_objects(batch["seg"], j.target_classes, true_mask) if j.spare_others else None
-            m_hat = training_mask(logits, j.target_classes, true_mask, j.margin, contact, spare)[1]
+            m_hat = training_mask(logits, j.target_classes, true_mask, j.margin, contact, self._spared(batch))[1]
             metrics["val/mel"] = losses.mask_expansion_loss(batch["sdf"], m_hat, j.mel_alpha, j.mel_reduction)
         self.log_dict(metrics, on_epoch=True, batch_size=len(mask), sync_dist=True)
         if batch_idx == 0:
