@@ -131,6 +131,7 @@ class Layer:
 
     category_id: int
     segmentation: list | dict
+    instance: bool = False  # a thing annotation: one instance of the instance map
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ class SegmentationRecipe:
     layers: tuple[Layer, ...] = ()
     png: str | None = None
     segments: tuple[tuple[int, int], ...] = ()
+    thing_segments: tuple[int, ...] = ()  # panoptic: the segment ids of thing categories (instances)
 
 
 def segmentation_recipe(
@@ -165,13 +167,24 @@ def segmentation_recipe(
         if entry is None:
             return SegmentationRecipe(kind)
         segments = tuple((seg["id"], seg["category_id"]) for seg in entry["segments_info"])
-        return SegmentationRecipe(kind, png=str(panoptic_dir / entry["file_name"]), segments=segments)
+        things = set(instances.getCatIds())
+        return SegmentationRecipe(kind, png=str(panoptic_dir / entry["file_name"]), segments=segments,
+                                  thing_segments=tuple(s for s, c in segments if c in things))
     layers: list[Layer] = []
     if kind == "stuff" and stuff is not None:
         layers += [Layer(a["category_id"], a["segmentation"]) for a in stuff.imgToAnns.get(image_id, [])]
     things = sorted(instances.imgToAnns.get(image_id, []), key=lambda a: -float(a.get("area", 0)))
-    layers += [Layer(a["category_id"], a["segmentation"]) for a in things]
+    layers += [Layer(a["category_id"], a["segmentation"], instance=True) for a in things]
     return SegmentationRecipe(kind, layers=tuple(layers))
+
+
+def _panoptic_ids(png: str) -> np.ndarray:
+    """(H, W) int64 segment ids of a COCO panoptic PNG (id = R + 256 G + 256^2 B)."""
+    bgr = cv2.imread(png, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise DatasetError(f"panoptic PNG not found or unreadable: {png}")
+    rgb = bgr[..., ::-1].astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
 
 
 def render_label_map(recipe: SegmentationRecipe, height: int, width: int) -> np.ndarray:
@@ -188,11 +201,7 @@ def render_label_map(recipe: SegmentationRecipe, height: int, width: int) -> np.
     if recipe.kind == "panoptic":
         if recipe.png is None:
             return labels
-        bgr = cv2.imread(recipe.png, cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise DatasetError(f"panoptic PNG not found or unreadable: {recipe.png}")
-        rgb = bgr[..., ::-1].astype(np.int64)
-        segment_ids = rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]  # COCO panoptic id encoding
+        segment_ids = _panoptic_ids(recipe.png)
         for segment_id, category_id in recipe.segments:
             labels[segment_ids == segment_id] = category_id
         return labels
@@ -201,6 +210,29 @@ def render_label_map(recipe: SegmentationRecipe, height: int, width: int) -> np.
         if annotation_problem({"segmentation": layer.segmentation}, image) is None:
             labels[decode_annotation(layer.segmentation, height, width)] = layer.category_id
     return labels
+
+
+def render_instance_map(recipe: SegmentationRecipe, height: int, width: int) -> np.ndarray | None:
+    """(H, W) uint16 map of the image's thing instances, 1..N (0: no thing), painted as `render_label_map`
+    paints the labels (so a thing pixel of the label map belongs to the instance on top there); None for
+    label-map sources, which keep no instances."""
+    if recipe.kind == "label_maps":
+        return None
+    instances = np.zeros((height, width), np.uint16)
+    if recipe.kind == "panoptic":
+        if recipe.png is None:
+            return instances
+        segment_ids = _panoptic_ids(recipe.png)
+        for number, segment_id in enumerate(recipe.thing_segments, start=1):
+            instances[segment_ids == segment_id] = number
+        return instances
+    image, number = {"height": height, "width": width}, 0
+    for layer in recipe.layers:
+        if annotation_problem({"segmentation": layer.segmentation}, image) is None:
+            if layer.instance:
+                number += 1
+            instances[decode_annotation(layer.segmentation, height, width)] = number if layer.instance else 0
+    return instances
 
 
 # ----------------------------------------------------------------------------- writing helpers

@@ -60,12 +60,13 @@ def cut_object(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndar
 def fit_background(
     image: np.ndarray, labels: np.ndarray, size: int, hflip_prob: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Resize the short side to `size`, random-crop a square, maybe flip; labels follow (nearest).
+    """Resize the short side to `size`, random-crop a square, maybe flip; labels follow (nearest): an
+    (H, W) map, or (H, W, C) maps stacked (the label map and the instance map, say).
 
     Plain OpenCV on purpose: albumentations would do the same, but importing it loads torch (~5 s and
     ~300 MB per worker process) for three lines of geometry; augmentation at training time is its job.
     """
-    height, width = labels.shape
+    height, width = labels.shape[:2]
     scale = size / min(height, width)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
     if (new_h, new_w) != (height, width):

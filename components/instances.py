@@ -12,10 +12,13 @@ the component goes to its nearest core (scipy's exact Euclidean distance transfo
 along the middle of the band and the instances still cover every pixel of the class. A component with
 at most one core stays whole. Without a contact map this is exactly the connected components.
 
-Training target (`contact_target`): the pixels of the pasted object `M_G` within `band` px of another
-thing's pixel, and the other things' pixels within `band` px of `M_G`; supervised only near `M_G`
-(`weight`), since the pairs keep no instance map of the background's own objects, so contacts between
-them are unknown rather than absent.
+Training target: with the photo's instance map (`instance_contacts`: the pairs keep the background's
+thing instances, and the pasted object is one more), every thing pixel within `band` px of another
+instance's pixel, supervised everywhere: the background's own touching people and cars teach the head
+too. Without one (a label-map dataset, `contact_target`): the pixels of the pasted object `M_G` within
+`band` px of another thing's pixel, and the other things' pixels within `band` px of `M_G`, supervised
+only near `M_G` (`weight`), since contacts between the background's objects are then unknown rather
+than absent.
 
 Written by hand (OpenCV and scipy do the components and distances): no library splits components along
 a predicted band.
@@ -43,6 +46,19 @@ def contact_target(mask: np.ndarray, seg: np.ndarray, thing_classes: Sequence[in
     others = np.isin(seg, list(thing_classes)) & ~mask
     target = (mask & dilate_mask(others, band)) | (others & dilate_mask(mask, band))
     return target.astype(np.float32), dilate_mask(mask, band + 2).astype(np.float32)
+
+
+def instance_contacts(instances: np.ndarray, band: int) -> np.ndarray:
+    """(H, W) float32 contact target from an (H, W) instance map (0 = no thing): 1 on every instance's
+    pixels within `band` px of another instance's pixel."""
+    target = np.zeros(instances.shape, bool)
+    if band <= 0:
+        return target.astype(np.float32)
+    things = instances > 0
+    for number in np.unique(instances[things]):
+        mine = instances == number
+        target |= mine & dilate_mask(things & ~mine, band)
+    return target.astype(np.float32)
 
 
 def split_instances(labels: np.ndarray, classes: Sequence[int], contact: np.ndarray | None = None,

@@ -12,7 +12,9 @@
 - `composite_l1`: whole-image L1 of the composite `I_I*M + I*(1-M)` against `I_G`, divided by the true
   mask's pixels: the joint step's signal to the mask itself (its gradient at a pixel says whether the
   fill or the photo is closer to the truth there);
-- `segmentation_loss`: the segmenter's own L_PS, per-pixel cross entropy;
+- `segmentation_loss`: the segmenter's own L_PS, per-pixel cross entropy; `target_dice_loss`: soft Dice
+  of the target classes' probability per image, an optional L_PS term that counts a small person's
+  pixels as much as a large one's (cross entropy is dominated by the large stuff regions);
 - `boundary_loss` (Kervadec et al.'s L_B) and `mask_expansion_loss` (the paper's MEL, L_X): the soft
   mask weighted by the signed distance map phi of `M_G` (components.masks.signed_distance), shifted by
   alpha for MEL. Reduction per image: ``mean`` over pixels (Kervadec's code, the reading under which
@@ -23,6 +25,7 @@ Reductions: means over the batch; the per-pixel normalizations are stated per fu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -117,6 +120,18 @@ def composite_l1(composite: torch.Tensor, target: torch.Tensor, reference: torch
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """L_PS: mean per-pixel cross entropy of the segmenter's logits (B, K, H, W) against (B, H, W)."""
     return F.cross_entropy(logits, target)
+
+
+def target_dice_loss(logits: torch.Tensor, target: torch.Tensor, target_classes: Sequence[int],
+                     smooth: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice of the target classes' summed softmax probability (from logits (B, K, H, W)) against
+    their pixels in `target` (B, H, W), per image, then the batch mean. `smooth` keeps an image without
+    target pixels defined: there the term pushes the probability's sum towards 0."""
+    classes = list(target_classes)
+    probability = logits.float().softmax(dim=1)[:, classes].sum(dim=1).flatten(1)
+    truth = torch.isin(target, torch.tensor(classes, device=target.device)).flatten(1).float()
+    dice = (2 * (probability * truth).sum(1) + smooth) / (probability.sum(1) + truth.sum(1) + smooth)
+    return (1 - dice).mean()
 
 
 def contact_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, pos_weight: float = 1.0

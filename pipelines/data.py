@@ -13,7 +13,9 @@ resolution, with:
     sdf         (1, H, W) float [-1, 1]  signed distance map phi of M_G, when `sdf_normalization` is set
                                          (joint training's MEL; computed here, in the loader workers,
                                          rather than per step on the training device)
-    contact     (1, H, W) float {0, 1}   the contact band between M_G and the things it touches, and
+    contact     (1, H, W) float {0, 1}   the contact band between touching thing instances (the pair's
+                                         background instances and M_G; without them, between M_G and the
+                                         things it touches), and
     contact_weight (1, H, W) float {0, 1} where that target is known (components.instances), when
                                          `contact_band` > 0 (the segmenter's contact head)
 
@@ -45,7 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from components.instances import contact_target
+from components.instances import contact_target, instance_contacts
 from components.masks import SdfNormalization, canny_edges, free_form_mask, signed_distance, to_gray
 
 MaskSource = Literal["object", "random"]
@@ -94,7 +96,7 @@ class PairsDataset(Dataset):
             self.lut[category_id] = index + 1
         self.transform = A.Compose(
             [A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(0.1, 0.1, p=0.5)],
-            additional_targets={"background": "image", "seg": "mask", "bg_seg": "mask"},
+            additional_targets={"background": "image", "seg": "mask", "bg_seg": "mask", "instances": "mask"},
         )
 
     def __len__(self) -> int:
@@ -129,6 +131,8 @@ class PairsDataset(Dataset):
         rng = np.random.default_rng([self.config.seed, self.epoch, index])
         background = self._read(files["backgrounds"], "rgb")
         bg_seg = self._read(files["bg_segs"], "labels")
+        known = self.config.contact_band > 0 and "bg_instances" in files  # the background's instances are kept
+        instances = self._read(files["bg_instances"], "labels") if known else np.zeros(bg_seg.shape, np.uint16)
         if self.mask_source == "random":
             edges = self.config.bucket_edges
             bucket = int(rng.integers(len(edges) - 1))
@@ -143,10 +147,16 @@ class PairsDataset(Dataset):
             seg = self._read(files["segs"], "labels")
             mask = self._read(files["masks"], "mask")
             seg = np.where(mask > 0, seg, bg_seg)  # resized labels too: S == S_G outside M_G
+            # the pasted object is one more instance, on its thing pixels (its faint edge is labeled as the
+            # background there, so it stays the background's)
+            pasted = (mask > 0) & np.isin(self.lut[seg], self.config.thing_classes)
+            instances = np.where(mask > 0, np.where(pasted, instances.max() + 1, 0), instances).astype(np.uint16)
         if self.augment:
             self.transform.set_random_seed(int(rng.integers(2**31)))
-            out = self.transform(image=image, background=background, mask=mask, seg=seg, bg_seg=bg_seg)
-            image, background, mask, seg, bg_seg = (out[k] for k in ("image", "background", "mask", "seg", "bg_seg"))
+            out = self.transform(image=image, background=background, mask=mask, seg=seg, bg_seg=bg_seg,
+                                 instances=instances)
+            image, background, mask, seg, bg_seg, instances = (
+                out[k] for k in ("image", "background", "mask", "seg", "bg_seg", "instances"))
         sigma = self.config.canny_sigma
         item = {
             "image": torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255,
@@ -160,8 +170,12 @@ class PairsDataset(Dataset):
         if self.config.sdf_normalization is not None:
             item["sdf"] = torch.from_numpy(signed_distance(mask > 0, self.config.sdf_normalization))[None]
         if self.config.contact_band > 0:
-            target, weight = contact_target(mask > 0, item["seg"].numpy(), self.config.thing_classes,
-                                            self.config.contact_band)
+            if known:  # every touching pair of instances, supervised everywhere
+                target = instance_contacts(instances, self.config.contact_band)
+                weight = np.ones(target.shape, np.float32)
+            else:  # M_G's contacts only, supervised near it
+                target, weight = contact_target(mask > 0, item["seg"].numpy(), self.config.thing_classes,
+                                                self.config.contact_band)
             item["contact"], item["contact_weight"] = torch.from_numpy(target)[None], torch.from_numpy(weight)[None]
         return item
 

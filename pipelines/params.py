@@ -191,6 +191,7 @@ class PretrainSegmenterParams(Section):
     schedule: Literal["constant", "cosine"]  # AdamW's learning rate: constant, or a cosine decay to 0
     background_share: Fraction  # training items shown as the bare background I_G (scenes with nothing pasted)
     contact_weight: Annotated[float, Field(ge=0)]  # the contact head's BCE in L_PS
+    dice_weight: Annotated[float, Field(ge=0)]  # the target classes' soft Dice in L_PS (losses.target_dice_loss)
 
 
 class InpainterLossWeights(Section):
@@ -256,6 +257,7 @@ class FinetuneJointParams(Section):
     selection_margin: Annotated[int, Field(ge=0)]  # px around the selection and M_G that m_hat covers
     background_share: Fraction  # training items shown as the bare I_G: only L_PS learns from them
     contact_weight: Annotated[float, Field(ge=0)]  # the contact head's BCE in L_PS
+    dice_weight: Annotated[float, Field(ge=0)]  # the target classes' soft Dice in L_PS
     map_gradient: bool  # the inpainting losses reach the segmenter through its segmentation map too (not only the mask)
     mask_gradient: Literal["composite", "inputs"]  # how the inpainting losses reach the mask (README)
     composite_weight: Annotated[float, Field(ge=0)]  # the composite's whole-image L1 in L_I: the mask's own signal

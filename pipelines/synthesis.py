@@ -3,7 +3,7 @@
 The main process holds only the COCO index. It splits the source images, checks every target
 annotation once, and plans each pair as a small `PairSpec` (which object, which background,
 target ratio, blending mode, and a per-pair seed). Workers render specs: they read the two
-images, paste, and write five PNGs. Specs are fed through a bounded window, so memory stays flat
+images, paste, and write five PNGs (six with the background's instance map). Specs are fed through a bounded window, so memory stays flat
 however many pairs are asked for, and a pair depends only on its own seed, so the output does not
 depend on the number of workers.
 """
@@ -24,7 +24,13 @@ import numpy as np
 from tqdm import tqdm
 
 from components.buckets import bucket_of
-from components.coco import DatasetError, SegmentationRecipe, decode_annotation, render_label_map
+from components.coco import (
+    DatasetError,
+    SegmentationRecipe,
+    decode_annotation,
+    render_instance_map,
+    render_label_map,
+)
 from components.copy_paste import PasteConfig, cut_object, fit_background, paste
 from pipelines.common import bounded_map
 
@@ -38,6 +44,7 @@ PAIR_FILES = {
     "masks": "M_G, the pasted-object mask (0/255 PNG)",
     "segs": "segmentation of I (category ids, uint8 PNG)",
     "bg_segs": "segmentation of I_G (category ids, uint8 PNG)",
+    "bg_instances": "thing instances of I_G (1..N, 0 = none; uint16 PNG), when the source keeps instances",
 }
 
 
@@ -152,15 +159,21 @@ def render_pair(spec: PairSpec, settings: RenderSettings) -> dict:
         bg = spec.background
         bg_image = _read_rgb(bg.file, bg.height, bg.width)
         bg_labels = render_label_map(bg.recipe, bg.height, bg.width)
+        bg_instances = render_instance_map(bg.recipe, bg.height, bg.width)
     except DatasetError as err:
         return {"dropped": str(err)}
-    bg_image, bg_labels = fit_background(bg_image, bg_labels, settings.paste.size, settings.hflip_prob, rng)
+    if bg_instances is None:
+        bg_image, bg_labels = fit_background(bg_image, bg_labels, settings.paste.size, settings.hflip_prob, rng)
+    else:  # one crop for both maps
+        bg_image, maps = fit_background(bg_image, np.dstack([bg_labels.astype(np.uint16), bg_instances]),
+                                        settings.paste.size, settings.hflip_prob, rng)
+        bg_labels, bg_instances = maps[..., 0].astype(np.uint8), np.ascontiguousarray(maps[..., 1])
     # 3. paste and blend
     pasted = paste(bg_image, obj, obj_mask, spec.target_ratio, spec.mode, settings.paste, rng)
     if pasted is None:
         return {"dropped": "object never reached min_mask_ratio in the frame"}
     seg = np.where(pasted.alpha >= 0.5, np.uint8(spec.obj.category_id), bg_labels).astype(np.uint8)
-    # 4. write the five files
+    # 4. write the files (five, and the instance map where the source keeps instances)
     name = f"{spec.index:06d}.png"
     out = Path(settings.out_dir)
     arrays = {
@@ -170,6 +183,8 @@ def render_pair(spec: PairSpec, settings: RenderSettings) -> dict:
         "segs": seg,
         "bg_segs": bg_labels.astype(np.uint8),
     }
+    if bg_instances is not None:
+        arrays["bg_instances"] = bg_instances
     for folder, array in arrays.items():
         if not cv2.imwrite(str(out / folder / name), np.ascontiguousarray(array)):
             raise OSError(f"could not write {out / folder / name}")

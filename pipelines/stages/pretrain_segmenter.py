@@ -37,7 +37,7 @@ def build(params: Params) -> StageFit:
                                                     contact_band=nets.segmenter.contact_band)
     config = segmenter_config(nets, len(categories) + 1)
     module = SegmenterModule(config, targets, lr=p.lr, weight_decay=p.weight_decay, schedule=p.schedule,
-                             contact_weight=p.contact_weight)
+                             contact_weight=p.contact_weight, dice_weight=p.dice_weight)
     data = PairsDataModule(replace(data_config, background_share=p.background_share), p.batch_size,
                            params.trainer.num_workers)
     return StageFit(STAGE, section, module, data, params.trainer, p.epochs, p.precision, Path(params.paths.segmenter),

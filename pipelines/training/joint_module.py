@@ -65,6 +65,7 @@ class JointConfig:
     mel_weight: float = 1000.0  # lambda_X
     mel_reduction: Literal["mean", "sum"] = "mean"
     contact_weight: float = 1.0  # the contact head's BCE in L_PS (when the segmenter has the head)
+    dice_weight: float = 0.0  # the target classes' soft Dice in L_PS
     map_gradient: bool = False  # the inpainting losses also reach the segmenter through the segmentation map
     # how the inpainting losses reach the mask: "composite", through the composite's whole-image L1 alone
     # (the generators see the mask detached); "inputs", through what the generators see (the hole, its fill)
@@ -85,6 +86,7 @@ def joint_config(section: FinetuneJointParams, target_classes: Sequence[int]) ->
     return JointConfig(target_classes=tuple(target_classes), segmenter_lr=section.segmenter_lr,
                        segmentation_weight=section.segmentation_weight, margin=section.selection_margin,
                        mel_enabled=mel.enabled, contact_weight=section.contact_weight,
+                       dice_weight=section.dice_weight,
                        map_gradient=section.map_gradient, mask_gradient=section.mask_gradient,
                        composite_weight=section.composite_weight, spare_others=section.spare_others, **settings)
 
@@ -140,7 +142,7 @@ class JointModule(InpainterModule):
         if j.composite_weight:
             composite = fake["image"].detach() * mask + batch["image"] * (1 - mask)
             loss_c = losses.composite_l1(composite, batch["background"], batch["mask"])
-        loss_ps = segmenter_terms(logits, contact, batch, j.contact_weight)[0]
+        loss_ps = segmenter_terms(logits, contact, batch, j.contact_weight, j.dice_weight, j.target_classes)[0]
         return JointPass(mask, found, fake, loss_ps, loss_x, loss_c)
 
     def _spared(self, batch: dict) -> torch.Tensor | None:
@@ -191,7 +193,7 @@ class JointModule(InpainterModule):
             "val/mask_ratio": area_ratio(mask, true_mask).nanmean(),
             "val/mask_iou": mask_iou(mask, true_mask).mean(),
             "val/found": (mask.flatten(1).amax(1) > 0).float().mean(),
-            "val/loss_ps": segmenter_terms(logits, contact, batch, j.contact_weight)[0],
+            "val/loss_ps": segmenter_terms(logits, contact, batch, j.contact_weight, j.dice_weight, j.target_classes)[0],
         }
         if "sdf" in batch:
             m_hat = training_mask(logits, j.target_classes, true_mask, j.margin, contact, self._spared(batch))[1]

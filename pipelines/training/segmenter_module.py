@@ -1,7 +1,8 @@
 """Lightning step logic for pretraining the segmenter: L_PS, metrics, a sample grid per validation.
 
-L_PS is the per-pixel cross entropy plus, when the segmenter has a contact head, `contact_weight` x the
-head's binary cross entropy on the contact band (components.instances). Validation reports the pixel
+L_PS is the per-pixel cross entropy plus `dice_weight` x the target classes' soft Dice and, when the
+segmenter has a contact head, `contact_weight` x the head's binary cross entropy on the contact band
+(components.instances). Validation reports the pixel
 accuracy, the IoU of the target classes' pixels, and the quantity the method cares about: the IoU with
 `M_G` of the predicted target-class instance that overlaps `M_G` most (the selection rule of end-to-end
 training), instances cut along the contact band.
@@ -9,13 +10,14 @@ training), instances cut along the contact band.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Literal
 
 import lightning as L
 import torch
 
-from components.losses import contact_loss, segmentation_loss
+from components.losses import contact_loss, segmentation_loss, target_dice_loss
 from components.metrics import mask_iou
 from components.segmenter import Segmenter, SegmenterConfig
 from components.selection import contact_probability, evaluation_mask
@@ -35,23 +37,30 @@ def segmenter_config(networks: NetworksParams, num_classes: int) -> SegmenterCon
 CONTACT_POS_WEIGHT = 2.0  # band pixels are ~1/5 of the supervised window around M_G
 
 
-def segmenter_terms(logits: torch.Tensor, contact: torch.Tensor | None, batch: dict, contact_weight: float
+def segmenter_terms(logits: torch.Tensor, contact: torch.Tensor | None, batch: dict, contact_weight: float,
+                    dice_weight: float = 0.0, target_classes: Sequence[int] = ()
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L_PS = cross entropy (+ contact_weight x the contact head's BCE) and its parts, for logging."""
+    """L_PS = cross entropy (+ dice_weight x the target classes' soft Dice, + contact_weight x the contact
+    head's BCE) and its parts, for logging."""
     ce = segmentation_loss(logits, batch["seg"])
-    if contact is None:
-        return ce, {"ce": ce.detach()}
-    band = contact_loss(contact, batch["contact"], batch["contact_weight"], CONTACT_POS_WEIGHT)
-    return ce + contact_weight * band, {"ce": ce.detach(), "contact": band.detach()}
+    loss, logs = ce, {"ce": ce.detach()}
+    if dice_weight:
+        dice = target_dice_loss(logits, batch["seg"], target_classes)
+        loss, logs["dice"] = loss + dice_weight * dice, dice.detach()
+    if contact is not None:
+        band = contact_loss(contact, batch["contact"], batch["contact_weight"], CONTACT_POS_WEIGHT)
+        loss, logs["contact"] = loss + contact_weight * band, band.detach()
+    return loss, logs
 
 
 class SegmenterModule(L.LightningModule):
     def __init__(self, config: SegmenterConfig, target_classes: list[int], lr: float, weight_decay: float,
-                 schedule: Literal["constant", "cosine"] = "constant", contact_weight: float = 1.0):
+                 schedule: Literal["constant", "cosine"] = "constant", contact_weight: float = 1.0,
+                 dice_weight: float = 0.0):
         super().__init__()
         self.save_hyperparameters({"config": asdict(config), "target_classes": target_classes, "lr": lr,
                                    "weight_decay": weight_decay, "schedule": schedule,
-                                   "contact_weight": contact_weight})
+                                   "contact_weight": contact_weight, "dice_weight": dice_weight})
         self.net = Segmenter(config)
         self.target_classes = target_classes
         self._sample: dict | None = None
@@ -59,9 +68,15 @@ class SegmenterModule(L.LightningModule):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image)
 
+    def _terms(self, logits: torch.Tensor, contact: torch.Tensor | None, batch: dict
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        hp = self.hparams
+        return segmenter_terms(logits, contact, batch, hp["contact_weight"], hp.get("dice_weight", 0.0),
+                               self.target_classes)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits, contact = self.net.segment(batch["image"])
-        loss, logs = segmenter_terms(logits, contact, batch, self.hparams["contact_weight"])
+        loss, logs = self._terms(logits, contact, batch)
         accuracy = (logits.argmax(1) == batch["seg"]).float().mean()
         self.log_dict({"train/loss": loss, "train/pixel_acc": accuracy, **{f"train/{k}": v for k, v in logs.items()}},
                       on_step=True, on_epoch=True, batch_size=len(logits), sync_dist=True)
@@ -74,7 +89,7 @@ class SegmenterModule(L.LightningModule):
         predicted = torch.isin(labels, torch.tensor(self.target_classes, device=labels.device))
         selected = evaluation_mask(logits, self.target_classes, batch["mask"], contact_probability(contact))
         metrics = {
-            "val/loss": segmenter_terms(logits, contact, batch, self.hparams["contact_weight"])[0],
+            "val/loss": self._terms(logits, contact, batch)[0],
             "val/pixel_acc": (labels == batch["seg"]).float().mean(),
             "val/target_iou": mask_iou(predicted[:, None].float(), target[:, None].float()).mean(),
             "val/mask_iou": mask_iou(selected, batch["mask"]).mean(),

@@ -21,6 +21,7 @@ from components.coco import (
     load_coco,
     mask_bbox,
     mask_to_polygons,
+    render_instance_map,
     render_label_map,
     segmentation_recipe,
 )
@@ -135,6 +136,26 @@ def test_label_map_sources_agree(tiny_coco):
         assert np.array_equal(maps[kind], truth), kind
     # instances only: things labeled, everything else 0
     assert np.array_equal(maps["instances"] > 0, np.isin(truth, [1, 2]))
+
+
+def test_instance_maps_follow_the_label_maps(tiny_coco):
+    """Every source that keeps instances gives one id per thing annotation (panoptic: per thing segment), on
+    exactly the label map's thing pixels; a label-map source gives none."""
+    instances = load_coco(tiny_coco / "annotations" / "instances.json")
+    stuff = load_coco(tiny_coco / "annotations" / "stuff.json")
+    panoptic = {e["image_id"]: e for e in json.loads((tiny_coco / "annotations" / "panoptic.json").read_text())["annotations"]}
+    image = instances.imgs[4]
+    things = len(instances.imgToAnns[4])
+    for kind in ("stuff", "panoptic", "instances"):
+        recipe = segmentation_recipe(image, instances, kind, stuff, panoptic, tiny_coco / "panoptic", tiny_coco / "labels")
+        ids = render_instance_map(recipe, image["height"], image["width"])
+        labels = render_label_map(recipe, image["height"], image["width"])
+        assert ids.dtype == np.uint16 and np.array_equal(ids > 0, np.isin(labels, [1, 2])), kind
+        # the fixture's panoptic PNG keeps one segment per category: one instance per thing segment there
+        expected = len(recipe.thing_segments) if kind == "panoptic" else things
+        assert len(np.unique(ids[ids > 0])) == expected > 0, kind
+    recipe = segmentation_recipe(image, instances, "label_maps", label_dir=tiny_coco / "labels")
+    assert render_instance_map(recipe, image["height"], image["width"]) is None
 
 
 def test_missing_label_map_is_named(tiny_coco):

@@ -69,3 +69,37 @@ def test_object_pairs_draw_the_object_items_from_the_first_n_pairs(pairs):
     assert not torch.equal(few[3]["background"], few[0]["background"])
     with pytest.raises(ValueError, match=r"object_pairs is 999, but the train split .* has \d+ pairs"):
         PairsDataset(config, "train", augment=False, object_pairs=999)
+
+
+def test_the_contact_target_covers_the_whole_photo_where_the_instances_are_kept(pairs, tmp_path):
+    """With the background's instance map the contact target marks every pair of touching instances (the
+    pasted object is one) and is supervised everywhere; pairs without the map (a label-map dataset) fall
+    back to M_G's contacts, supervised near it."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from components.instances import contact_target
+
+    config, _, _ = pairs_config(pairs, 32, 1.0, seed=0, contact_band=1)
+    dataset = PairsDataset(config, "train", augment=False)
+    touching = 0
+    for index in range(len(dataset)):
+        item = dataset[index]
+        assert item["contact_weight"].min() == 1  # every pixel supervised
+        on = item["contact"][0] > 0
+        assert (item["seg"][on] > 0).all() and set(item["seg"][on].tolist()) <= set(config.thing_classes)
+        touching += bool(on.any())
+    assert touching > 0
+    bare = tmp_path / "bare"  # the same pairs without their instance maps
+    shutil.copytree(pairs, bare)
+    manifest = bare / "train" / "manifest.jsonl"
+    records = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for record in records:
+        del record["files"]["bg_instances"]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
+    item = PairsDataset(pairs_config(str(bare), 32, 1.0, seed=0, contact_band=1)[0], "train", augment=False)[0]
+    target, weight = contact_target(item["mask"][0].numpy() > 0, item["seg"].numpy(), config.thing_classes, 1)
+    assert np.array_equal(item["contact"][0].numpy(), target) and np.array_equal(item["contact_weight"][0].numpy(), weight)
+    assert item["contact_weight"].min() == 0

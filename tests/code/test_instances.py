@@ -1,11 +1,11 @@
 """Instances cut along the contact band (components.instances): touching objects become separate instances
-that still cover every pixel of their class; the contact target marks where the pasted object touches."""
+that still cover every pixel of their class; the contact targets mark where instances touch."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from components.instances import contact_target, split_instances
+from components.instances import contact_target, instance_contacts, split_instances
 
 
 def _two_touching(height: int = 20, width: int = 30) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -56,3 +56,15 @@ def test_contact_target_marks_both_sides_of_where_the_pasted_object_touches():
     far[4:16, 5:15] = 1
     alone, _ = contact_target(left, far, [1], 1)
     assert not alone.any()
+
+
+def test_instance_contacts_mark_every_touching_pair_and_nothing_inside_one_instance():
+    labels, left, right = _two_touching()
+    instances = np.zeros(labels.shape, np.uint16)
+    instances[left], instances[right] = 1, 2
+    instances[0:2, 0:4] = 3  # a ball far from both
+    target = instance_contacts(instances, band=1)
+    assert target[4:16, 14:16].all() and target.sum() == 12 * 2  # as contact_target: both sides of the line
+    whole = np.where(labels > 0, 1, 0).astype(np.uint16)  # the same pixels as one instance: no contact
+    assert not instance_contacts(whole, band=1).any()
+    assert not instance_contacts(instances, band=0).any()

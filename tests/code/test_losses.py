@@ -93,6 +93,28 @@ def test_masked_cross_entropy():
     assert losses.segmentation_loss(logits, target).item() == pytest.approx(torch.log(torch.tensor(4.0)).item())
 
 
+def test_target_dice_counts_a_small_object_as_much_as_a_large_one():
+    """Soft Dice of the target classes' probability: 0 when they are predicted exactly, the same for
+    missing half of a 2-pixel person as half of a 32-pixel one (cross entropy scales with the pixels)."""
+    def logits_for(labels: torch.Tensor) -> torch.Tensor:  # confident one-hot logits, 3 classes
+        return 30 * torch.nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float()
+
+    target = torch.zeros(2, 8, 8, dtype=torch.long)
+    target[0, 0, :2] = 1  # a 2-pixel person
+    target[1, :4] = 2  # a 32-pixel person of the second target class
+    assert losses.target_dice_loss(logits_for(target), target, [1, 2]).item() == pytest.approx(0, abs=1e-6)
+    half = target.clone()
+    half[0, 0, 1] = 0
+    half[1, :2] = 0
+    per_image = [losses.target_dice_loss(logits_for(half[i:i + 1]), target[i:i + 1], [1, 2], smooth=0).item()
+                 for i in range(2)]
+    assert per_image == pytest.approx([1 / 3, 1 / 3], abs=1e-4)  # 1 - 2 * 1 / (1 + 2), 1 - 2 * 16 / (16 + 32)
+    # no target pixels: the term is the share of the probability mass put on the targets
+    empty = torch.zeros(1, 8, 8, dtype=torch.long)
+    assert losses.target_dice_loss(logits_for(empty), empty, [1, 2]).item() == pytest.approx(0, abs=1e-6)
+    assert losses.target_dice_loss(logits_for(empty + 1), empty, [1, 2]).item() == pytest.approx(64 / 65, abs=1e-4)
+
+
 def test_vgg19_from_a_local_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="VGG-19 weights file not found: .*nope.pth"):
         load_vgg19(tmp_path / "nope.pth")

@@ -47,6 +47,9 @@ def test_pairs_are_complete_and_consistent(coco_params):
         assert np.array_equal(seg[~mask], bg_seg[~mask])
         assert (seg[mask] == 1).mean() > 0.5  # the pasted person is labeled person in S
         assert set(np.unique(bg_seg)) <= {0, 1, 2, 101, 102}
+        bg_instances = cv2.imread(str(split_dir / record["files"]["bg_instances"]), cv2.IMREAD_UNCHANGED)
+        assert bg_instances.dtype == np.uint16  # cropped and flipped with the labels: on their thing pixels
+        assert np.array_equal(bg_instances > 0, np.isin(bg_seg, [1, 2]))
         assert record["object"]["category"] == "person"
         modes.add(record["blend"])
     assert modes == {"none", "gaussian", "poisson", "motion_blur"}
