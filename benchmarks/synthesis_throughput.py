@@ -1,7 +1,8 @@
 """python benchmarks/synthesis_throughput.py [--pairs 800] [--root data/scenes]
 
 Synthesis throughput (pairs/s) per worker count, against a plain loop that only reads the same
-two source images per pair and writes five PNGs of the same size (the I/O floor), plus peak
+two source images per pair and writes five PNGs of the same size (the I/O floor of the five files the
+stage wrote when this was measured; it now also writes two 16-bit instance maps), plus peak
 memory (RSS of the stage process and its workers). Each configuration runs the real stage entry
 point in a subprocess, at N and at 4N pairs: the steady rate is 3N / (t(4N) - t(N)), which removes
 start-up (imports, COCO index, annotation checks), and the peak RSS at 4N vs N shows memory is flat. Results go to

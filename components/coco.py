@@ -25,6 +25,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from components.instances import CROWD
+
 SegmentationSource = Literal["instances", "stuff", "panoptic", "label_maps"]
 
 
@@ -132,11 +134,12 @@ class Layer:
     category_id: int
     segmentation: list | dict
     instance: bool = False  # a thing annotation: one instance of the instance map
+    crowd: bool = False  # an `iscrowd` thing annotation: CROWD in the instance map
 
 
 @dataclass(frozen=True)
 class SegmentationRecipe:
-    """How to build the label map of one image, without holding the COCO index.
+    """How to build the label map (and the instance map) of one image, without holding the COCO index.
 
     `layers` are painted in order (stuff first, then things from large to small); `png` is a panoptic
     PNG (with `segments` mapping segment id -> category id) or a label-map PNG.
@@ -146,7 +149,7 @@ class SegmentationRecipe:
     layers: tuple[Layer, ...] = ()
     png: str | None = None
     segments: tuple[tuple[int, int], ...] = ()
-    thing_segments: tuple[int, ...] = ()  # panoptic: the segment ids of thing categories (instances)
+    thing_segments: tuple[tuple[int, bool], ...] = ()  # panoptic: (segment id, iscrowd) of thing segments
 
 
 def segmentation_recipe(
@@ -169,12 +172,15 @@ def segmentation_recipe(
         segments = tuple((seg["id"], seg["category_id"]) for seg in entry["segments_info"])
         things = set(instances.getCatIds())
         return SegmentationRecipe(kind, png=str(panoptic_dir / entry["file_name"]), segments=segments,
-                                  thing_segments=tuple(s for s, c in segments if c in things))
+                                  thing_segments=tuple((seg["id"], bool(seg.get("iscrowd", 0)))
+                                                       for seg in entry["segments_info"]
+                                                       if seg["category_id"] in things))
     layers: list[Layer] = []
     if kind == "stuff" and stuff is not None:
         layers += [Layer(a["category_id"], a["segmentation"]) for a in stuff.imgToAnns.get(image_id, [])]
     things = sorted(instances.imgToAnns.get(image_id, []), key=lambda a: -float(a.get("area", 0)))
-    layers += [Layer(a["category_id"], a["segmentation"], instance=True) for a in things]
+    layers += [Layer(a["category_id"], a["segmentation"], instance=True, crowd=bool(a.get("iscrowd", 0)))
+               for a in things]
     return SegmentationRecipe(kind, layers=tuple(layers))
 
 
@@ -187,8 +193,11 @@ def _panoptic_ids(png: str) -> np.ndarray:
     return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
 
 
-def render_label_map(recipe: SegmentationRecipe, height: int, width: int) -> np.ndarray:
-    """(H, W) uint8 label map of COCO category ids, 0 where nothing is labeled."""
+def render_maps(recipe: SegmentationRecipe, height: int, width: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image's (H, W) uint8 label map of COCO category ids (0 where nothing is labeled) and its (H, W)
+    uint16 instance map: the thing instances 1..N (0: no thing, CROWD on crowd regions), painted together,
+    so a thing pixel of the label map belongs to the instance on top there. The instance map is None for
+    label-map sources, which keep no instances."""
     labels = np.zeros((height, width), np.uint8)
     if recipe.kind == "label_maps":
         loaded = cv2.imread(recipe.png, cv2.IMREAD_UNCHANGED)
@@ -197,42 +206,30 @@ def render_label_map(recipe: SegmentationRecipe, height: int, width: int) -> np.
         if loaded.shape[:2] != (height, width):
             found = f"{loaded.shape[1]}x{loaded.shape[0]}"
             raise DatasetError(f"label map {recipe.png} is {found}, the image is {width}x{height}")
-        return loaded.astype(np.uint8) if loaded.ndim == 2 else loaded[..., 0].astype(np.uint8)
-    if recipe.kind == "panoptic":
-        if recipe.png is None:
-            return labels
-        segment_ids = _panoptic_ids(recipe.png)
-        for segment_id, category_id in recipe.segments:
-            labels[segment_ids == segment_id] = category_id
-        return labels
-    image = {"height": height, "width": width}
-    for layer in recipe.layers:  # a malformed region is left out (the target annotations are checked earlier)
-        if annotation_problem({"segmentation": layer.segmentation}, image) is None:
-            labels[decode_annotation(layer.segmentation, height, width)] = layer.category_id
-    return labels
-
-
-def render_instance_map(recipe: SegmentationRecipe, height: int, width: int) -> np.ndarray | None:
-    """(H, W) uint16 map of the image's thing instances, 1..N (0: no thing), painted as `render_label_map`
-    paints the labels (so a thing pixel of the label map belongs to the instance on top there); None for
-    label-map sources, which keep no instances."""
-    if recipe.kind == "label_maps":
-        return None
+        return (loaded.astype(np.uint8) if loaded.ndim == 2 else loaded[..., 0].astype(np.uint8)), None
     instances = np.zeros((height, width), np.uint16)
     if recipe.kind == "panoptic":
         if recipe.png is None:
-            return instances
+            return labels, instances
         segment_ids = _panoptic_ids(recipe.png)
-        for number, segment_id in enumerate(recipe.thing_segments, start=1):
-            instances[segment_ids == segment_id] = number
-        return instances
+        for segment_id, category_id in recipe.segments:
+            labels[segment_ids == segment_id] = category_id
+        for number, (segment_id, crowd) in enumerate(recipe.thing_segments, start=1):
+            instances[segment_ids == segment_id] = CROWD if crowd else number
+        return labels, instances
     image, number = {"height": height, "width": width}, 0
-    for layer in recipe.layers:
+    for layer in recipe.layers:  # a malformed region is left out (the target annotations are checked earlier)
         if annotation_problem({"segmentation": layer.segmentation}, image) is None:
-            if layer.instance:
-                number += 1
-            instances[decode_annotation(layer.segmentation, height, width)] = number if layer.instance else 0
-    return instances
+            region = decode_annotation(layer.segmentation, height, width)
+            labels[region] = layer.category_id
+            number += layer.instance and not layer.crowd
+            instances[region] = (CROWD if layer.crowd else number) if layer.instance else 0
+    return labels, instances
+
+
+def render_label_map(recipe: SegmentationRecipe, height: int, width: int) -> np.ndarray:
+    """(H, W) uint8 label map of COCO category ids, 0 where nothing is labeled (render_maps)."""
+    return render_maps(recipe, height, width)[0]
 
 
 # ----------------------------------------------------------------------------- writing helpers

@@ -12,10 +12,10 @@ the component goes to its nearest core (scipy's exact Euclidean distance transfo
 along the middle of the band and the instances still cover every pixel of the class. A component with
 at most one core stays whole. Without a contact map this is exactly the connected components.
 
-Training target: with the photo's instance map (`instance_contacts`: the pairs keep the background's
-thing instances, and the pasted object is one more), every thing pixel within `band` px of another
-instance's pixel, supervised everywhere: the background's own touching people and cars teach the head
-too. Without one (a label-map dataset, `contact_target`): the pixels of the pasted object `M_G` within
+Training target: with the photo's instance map (`instance_contacts`: the pairs keep the thing instances
+of I, the pasted object one of them), every thing pixel within `band` px of another instance's pixel,
+supervised everywhere but on crowd regions, so the background's own touching people and cars are
+examples too. Without one (a label-map dataset, `contact_target`): the pixels of the pasted object `M_G` within
 `band` px of another thing's pixel, and the other things' pixels within `band` px of `M_G`, supervised
 only near `M_G` (`weight`), since contacts between the background's objects are then unknown rather
 than absent.
@@ -34,6 +34,8 @@ from scipy import ndimage
 
 from components.masks import dilate_mask
 
+CROWD = np.iinfo(np.uint16).max  # an instance map's value on a crowd region (many objects under one annotation)
+
 
 def contact_target(mask: np.ndarray, seg: np.ndarray, thing_classes: Sequence[int], band: int
                    ) -> tuple[np.ndarray, np.ndarray]:
@@ -48,17 +50,19 @@ def contact_target(mask: np.ndarray, seg: np.ndarray, thing_classes: Sequence[in
     return target.astype(np.float32), dilate_mask(mask, band + 2).astype(np.float32)
 
 
-def instance_contacts(instances: np.ndarray, band: int) -> np.ndarray:
-    """(H, W) float32 contact target from an (H, W) instance map (0 = no thing): 1 on every instance's
-    pixels within `band` px of another instance's pixel."""
+def instance_contacts(instances: np.ndarray, band: int, crowd: int = CROWD) -> tuple[np.ndarray, np.ndarray]:
+    """(target, weight), (H, W) float32 each, from an (H, W) instance map (0 = no thing, `crowd` = a crowd
+    region): target 1 on every instance's pixels within `band` px of another instance's pixel; weight 1
+    everywhere but on the crowds (many objects under one annotation: their own contacts are unknown)."""
     target = np.zeros(instances.shape, bool)
+    weight = (instances != crowd).astype(np.float32)
     if band <= 0:
-        return target.astype(np.float32)
+        return target.astype(np.float32), weight
     things = instances > 0
     for number in np.unique(instances[things]):
         mine = instances == number
         target |= mine & dilate_mask(things & ~mine, band)
-    return target.astype(np.float32)
+    return (target & (instances != crowd)).astype(np.float32), weight
 
 
 def split_instances(labels: np.ndarray, classes: Sequence[int], contact: np.ndarray | None = None,

@@ -13,9 +13,9 @@ resolution, with:
     sdf         (1, H, W) float [-1, 1]  signed distance map phi of M_G, when `sdf_normalization` is set
                                          (joint training's MEL; computed here, in the loader workers,
                                          rather than per step on the training device)
-    contact     (1, H, W) float {0, 1}   the contact band between touching thing instances (the pair's
-                                         background instances and M_G; without them, between M_G and the
-                                         things it touches), and
+    contact     (1, H, W) float {0, 1}   the contact band between touching thing instances of I (from the
+                                         pair's instance maps; without them, between M_G and the things it
+                                         touches), and
     contact_weight (1, H, W) float {0, 1} where that target is known (components.instances), when
                                          `contact_band` > 0 (the segmenter's contact head)
 
@@ -131,7 +131,7 @@ class PairsDataset(Dataset):
         rng = np.random.default_rng([self.config.seed, self.epoch, index])
         background = self._read(files["backgrounds"], "rgb")
         bg_seg = self._read(files["bg_segs"], "labels")
-        known = self.config.contact_band > 0 and "bg_instances" in files  # the background's instances are kept
+        known = self.config.contact_band > 0 and "instances" in files  # the pair keeps its instance maps
         instances = self._read(files["bg_instances"], "labels") if known else np.zeros(bg_seg.shape, np.uint16)
         if self.mask_source == "random":
             edges = self.config.bucket_edges
@@ -147,10 +147,8 @@ class PairsDataset(Dataset):
             seg = self._read(files["segs"], "labels")
             mask = self._read(files["masks"], "mask")
             seg = np.where(mask > 0, seg, bg_seg)  # resized labels too: S == S_G outside M_G
-            # the pasted object is one more instance, on its thing pixels (its faint edge is labeled as the
-            # background there, so it stays the background's)
-            pasted = (mask > 0) & np.isin(self.lut[seg], self.config.thing_classes)
-            instances = np.where(mask > 0, np.where(pasted, instances.max() + 1, 0), instances).astype(np.uint16)
+            if known:  # I's instances (the pasted object one more), the background's outside M_G likewise
+                instances = np.where(mask > 0, self._read(files["instances"], "labels"), instances)
         if self.augment:
             self.transform.set_random_seed(int(rng.integers(2**31)))
             out = self.transform(image=image, background=background, mask=mask, seg=seg, bg_seg=bg_seg,
@@ -170,9 +168,8 @@ class PairsDataset(Dataset):
         if self.config.sdf_normalization is not None:
             item["sdf"] = torch.from_numpy(signed_distance(mask > 0, self.config.sdf_normalization))[None]
         if self.config.contact_band > 0:
-            if known:  # every touching pair of instances, supervised everywhere
-                target = instance_contacts(instances, self.config.contact_band)
-                weight = np.ones(target.shape, np.float32)
+            if known:  # every touching pair of instances, supervised everywhere but on crowds
+                target, weight = instance_contacts(instances, self.config.contact_band)
             else:  # M_G's contacts only, supervised near it
                 target, weight = contact_target(mask > 0, item["seg"].numpy(), self.config.thing_classes,
                                                 self.config.contact_band)

@@ -3,7 +3,7 @@
 The main process holds only the COCO index. It splits the source images, checks every target
 annotation once, and plans each pair as a small `PairSpec` (which object, which background,
 target ratio, blending mode, and a per-pair seed). Workers render specs: they read the two
-images, paste, and write five PNGs (six with the background's instance map). Specs are fed through a bounded window, so memory stays flat
+images, paste, and write five PNGs (seven with the instance maps of I and I_G). Specs are fed through a bounded window, so memory stays flat
 however many pairs are asked for, and a pair depends only on its own seed, so the output does not
 depend on the number of workers.
 """
@@ -24,14 +24,9 @@ import numpy as np
 from tqdm import tqdm
 
 from components.buckets import bucket_of
-from components.coco import (
-    DatasetError,
-    SegmentationRecipe,
-    decode_annotation,
-    render_instance_map,
-    render_label_map,
-)
+from components.coco import DatasetError, SegmentationRecipe, decode_annotation, render_maps
 from components.copy_paste import PasteConfig, cut_object, fit_background, paste
+from components.instances import CROWD
 from pipelines.common import bounded_map
 
 log = logging.getLogger(__name__)
@@ -44,7 +39,9 @@ PAIR_FILES = {
     "masks": "M_G, the pasted-object mask (0/255 PNG)",
     "segs": "segmentation of I (category ids, uint8 PNG)",
     "bg_segs": "segmentation of I_G (category ids, uint8 PNG)",
-    "bg_instances": "thing instances of I_G (1..N, 0 = none; uint16 PNG), when the source keeps instances",
+    "instances": "thing instances of I, the pasted object the last (1..N, 0 = none, 65535 = crowd; uint16 PNG), "
+                 "when the source keeps instances",
+    "bg_instances": "thing instances of I_G (as `instances`)",
 }
 
 
@@ -158,8 +155,7 @@ def render_pair(spec: PairSpec, settings: RenderSettings) -> dict:
         # 2. the background and its segmentation, resized and cropped together
         bg = spec.background
         bg_image = _read_rgb(bg.file, bg.height, bg.width)
-        bg_labels = render_label_map(bg.recipe, bg.height, bg.width)
-        bg_instances = render_instance_map(bg.recipe, bg.height, bg.width)
+        bg_labels, bg_instances = render_maps(bg.recipe, bg.height, bg.width)
     except DatasetError as err:
         return {"dropped": str(err)}
     if bg_instances is None:
@@ -183,9 +179,12 @@ def render_pair(spec: PairSpec, settings: RenderSettings) -> dict:
         "segs": seg,
         "bg_segs": bg_labels.astype(np.uint8),
     }
-    if bg_instances is not None:
+    if bg_instances is not None:  # the pasted object is one more instance, where it is labeled (alpha >= 0.5)
+        number = int(bg_instances[bg_instances != CROWD].max(initial=0)) + 1
+        arrays["instances"] = np.where(pasted.alpha >= 0.5, number, bg_instances).astype(np.uint16)
         arrays["bg_instances"] = bg_instances
     for folder, array in arrays.items():
+        (out / folder).mkdir(exist_ok=True)
         if not cv2.imwrite(str(out / folder / name), np.ascontiguousarray(array)):
             raise OSError(f"could not write {out / folder / name}")
     ratio = float(pasted.mask.mean())
@@ -218,8 +217,7 @@ def render_split(
     Returns (counts of kept pairs per bucket and blend mode, counts of dropped pairs per reason).
     """
     out = Path(settings.out_dir)
-    for folder in PAIR_FILES:
-        (out / folder).mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # each pair makes the folders it writes (no instances: none for them)
     kept: Counter = Counter()
     dropped: Counter = Counter()
     with manifest.open("w") as handle:

@@ -2,7 +2,8 @@
 
 Stage `synthesize`: copy-paste training pairs from the COCO-format root in `dataset` (the
 built-in scenes by default, real COCO when params point there). Writes, under `paths.pairs`:
-`{train,val,test}/{images,backgrounds,masks,segs,bg_segs}/NNNNNN.png`, a `manifest.jsonl` per split
+`{train,val,test}/{images,backgrounds,masks,segs,bg_segs}/NNNNNN.png` (and `instances`, `bg_instances`
+where the dataset's segmentation keeps instances: not for label maps), a `manifest.jsonl` per split
 and `summary.json`; the counts also go to `reports/synthesize.json` (the pair counts per split to the DVC metric
 `reports/headline/synthesize.json`). The output
 folder is replaced only when the whole stage succeeds.
@@ -80,7 +81,8 @@ def run(params: Params) -> dict:
             target_category_ids=sources.target_ids,
             image_size=cfg.image_size,
             bucket_edges=edges,
-            files=PAIR_FILES,
+            files={k: v for k, v in PAIR_FILES.items() if params.dataset.segmentation != "label_maps"
+                   or "instances" not in k},
             params_hash=params_hash(cfg),
             dataset_root=params.dataset.root,
         )

@@ -34,7 +34,9 @@ def segmenter_config(networks: NetworksParams, num_classes: int) -> SegmenterCon
     return SegmenterConfig(num_classes=num_classes, **networks.segmenter.model_dump())
 
 
-CONTACT_POS_WEIGHT = 2.0  # band pixels are ~1/5 of the supervised window around M_G
+# band pixels count twice: ~2.6 % of the supervised pixels with the pairs' instance maps (the whole photo),
+# ~1/5 without (the window around M_G); 2 is what benchmarks/results/segmenter_recipes.json measured
+CONTACT_POS_WEIGHT = 2.0
 
 
 def segmenter_terms(logits: torch.Tensor, contact: torch.Tensor | None, batch: dict, contact_weight: float,
@@ -44,6 +46,8 @@ def segmenter_terms(logits: torch.Tensor, contact: torch.Tensor | None, batch: d
     head's BCE) and its parts, for logging."""
     ce = segmentation_loss(logits, batch["seg"])
     loss, logs = ce, {"ce": ce.detach()}
+    if dice_weight and not target_classes:
+        raise ValueError("dice_weight > 0 needs the target classes the Dice term is over")
     if dice_weight:
         dice = target_dice_loss(logits, batch["seg"], target_classes)
         loss, logs["dice"] = loss + dice_weight * dice, dice.detach()

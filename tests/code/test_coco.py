@@ -21,10 +21,11 @@ from components.coco import (
     load_coco,
     mask_bbox,
     mask_to_polygons,
-    render_instance_map,
     render_label_map,
+    render_maps,
     segmentation_recipe,
 )
+from components.instances import CROWD
 
 
 @pytest.fixture
@@ -140,22 +141,26 @@ def test_label_map_sources_agree(tiny_coco):
 
 def test_instance_maps_follow_the_label_maps(tiny_coco):
     """Every source that keeps instances gives one id per thing annotation (panoptic: per thing segment), on
-    exactly the label map's thing pixels; a label-map source gives none."""
+    exactly the label map's thing pixels, and CROWD on a crowd annotation; a label-map source gives none."""
     instances = load_coco(tiny_coco / "annotations" / "instances.json")
     stuff = load_coco(tiny_coco / "annotations" / "stuff.json")
     panoptic = {e["image_id"]: e for e in json.loads((tiny_coco / "annotations" / "panoptic.json").read_text())["annotations"]}
-    image = instances.imgs[4]
-    things = len(instances.imgToAnns[4])
+    image = instances.imgs[4]  # a person and a crowd of people
+    crowd = next(a for a in instances.imgToAnns[4] if a["iscrowd"])
     for kind in ("stuff", "panoptic", "instances"):
         recipe = segmentation_recipe(image, instances, kind, stuff, panoptic, tiny_coco / "panoptic", tiny_coco / "labels")
-        ids = render_instance_map(recipe, image["height"], image["width"])
-        labels = render_label_map(recipe, image["height"], image["width"])
+        labels, ids = render_maps(recipe, image["height"], image["width"])
         assert ids.dtype == np.uint16 and np.array_equal(ids > 0, np.isin(labels, [1, 2])), kind
-        # the fixture's panoptic PNG keeps one segment per category: one instance per thing segment there
-        expected = len(recipe.thing_segments) if kind == "panoptic" else things
-        assert len(np.unique(ids[ids > 0])) == expected > 0, kind
+        assert np.array_equal(labels, render_label_map(recipe, image["height"], image["width"])), kind
+        if kind != "panoptic":  # the fixture's panoptic PNG keeps one segment per category
+            assert set(np.unique(ids)) == {0, 1, CROWD}, kind
+            assert (ids[decode_annotation(crowd["segmentation"], image["height"], image["width"])] == CROWD).all()
+    two = SegmentationRecipe("instances", layers=(Layer(1, encode_rle(np.eye(8, dtype=bool)), instance=True),
+                                                  Layer(1, encode_rle(np.eye(8, dtype=bool)[::-1]), instance=True)))
+    labels, ids = render_maps(two, 8, 8)
+    assert set(np.unique(ids)) == {0, 1, 2} and ids[0, 7] == 2 and ids[3, 4] == 2 and ids[0, 0] == 1
     recipe = segmentation_recipe(image, instances, "label_maps", label_dir=tiny_coco / "labels")
-    assert render_instance_map(recipe, image["height"], image["width"]) is None
+    assert render_maps(recipe, image["height"], image["width"])[1] is None
 
 
 def test_missing_label_map_is_named(tiny_coco):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from components.coco import DatasetError, mask_bbox
+from components.instances import CROWD
 from pipelines.params import parse_params
 from pipelines.stages.synthesize import main, run
 from tests.conftest import tiny_params_raw
@@ -47,9 +48,12 @@ def test_pairs_are_complete_and_consistent(coco_params):
         assert np.array_equal(seg[~mask], bg_seg[~mask])
         assert (seg[mask] == 1).mean() > 0.5  # the pasted person is labeled person in S
         assert set(np.unique(bg_seg)) <= {0, 1, 2, 101, 102}
-        bg_instances = cv2.imread(str(split_dir / record["files"]["bg_instances"]), cv2.IMREAD_UNCHANGED)
-        assert bg_instances.dtype == np.uint16  # cropped and flipped with the labels: on their thing pixels
-        assert np.array_equal(bg_instances > 0, np.isin(bg_seg, [1, 2]))
+        bg_ids = cv2.imread(str(split_dir / record["files"]["bg_instances"]), cv2.IMREAD_UNCHANGED)
+        ids = cv2.imread(str(split_dir / record["files"]["instances"]), cv2.IMREAD_UNCHANGED)
+        assert bg_ids.dtype == ids.dtype == np.uint16  # cropped and flipped with the labels: on their thing pixels
+        assert np.array_equal(bg_ids > 0, np.isin(bg_seg, [1, 2])) and np.array_equal(ids > 0, np.isin(seg, [1, 2]))
+        pasted = ids == ids[ids != CROWD].max()  # the pasted person, one more instance, where S labels it
+        assert np.array_equal(ids[~pasted], bg_ids[~pasted]) and (pasted <= mask).all() and (seg[pasted] == 1).all()
         assert record["object"]["category"] == "person"
         modes.add(record["blend"])
     assert modes == {"none", "gaussian", "poisson", "motion_blur"}
@@ -87,6 +91,11 @@ def test_every_segmentation_source(tmp_path, tiny_coco, segmentation):
     bg_seg = cv2.imread(str(tmp_path / "pairs" / "train" / "bg_segs" / "000000.png"), cv2.IMREAD_UNCHANGED)
     stuff_present = bool(np.isin(bg_seg, [101, 102]).any())
     assert stuff_present == (segmentation != "instances")
+    kept = segmentation != "label_maps"  # label maps keep no instances: no files, no manifest entries
+    record = _records(tmp_path / "pairs")[0]
+    assert ("instances" in record["files"]) == ("bg_instances" in record["files"]) == kept
+    assert (tmp_path / "pairs" / "train" / "instances").is_dir() == kept
+    assert ("instances" in json.loads((tmp_path / "pairs" / "summary.json").read_text())["files"]) == kept
 
 
 def _fails(raw: dict, message: str) -> None:

@@ -96,6 +96,13 @@ def test_pairs_contract(built):
                 assert record["object"]["category_id"] in summary["target_category_ids"]
                 seg = cv2.imread(str(files["segs"]), cv2.IMREAD_UNCHANGED)
                 assert (seg[inside] == record["object"]["category_id"]).mean() > 0.3
+                # the instance maps (where the source keeps them): 16-bit, on exactly the thing pixels
+                things = [c["id"] for c in summary["categories"] if c.get("isthing", 1)]
+                for ids_kind, labels_kind in (("instances", "segs"), ("bg_instances", "bg_segs")):
+                    if ids_kind in files:
+                        ids = cv2.imread(str(files[ids_kind]), cv2.IMREAD_UNCHANGED)
+                        labels = cv2.imread(str(files[labels_kind]), cv2.IMREAD_UNCHANGED)
+                        assert ids.dtype == np.uint16 and np.array_equal(ids > 0, np.isin(labels, things))
 
 
 def test_no_split_leakage(built):
