@@ -25,8 +25,6 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from components.instances import CROWD
-
 SegmentationSource = Literal["instances", "stuff", "panoptic", "label_maps"]
 
 
@@ -125,6 +123,9 @@ def annotation_rle(segmentation: list | dict, height: int, width: int) -> dict:
 def decode_annotation(segmentation: list | dict, height: int, width: int) -> np.ndarray:
     """(H, W) bool mask of one annotation's segmentation."""
     return mask_utils.decode(annotation_rle(segmentation, height, width)).astype(bool)
+
+
+CROWD = np.iinfo(np.uint16).max  # an instance map's value on a crowd region (many objects under one annotation)
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,6 @@ from scipy import ndimage
 
 from components.masks import dilate_mask
 
-CROWD = np.iinfo(np.uint16).max  # an instance map's value on a crowd region (many objects under one annotation)
-
 
 def contact_target(mask: np.ndarray, seg: np.ndarray, thing_classes: Sequence[int], band: int
                    ) -> tuple[np.ndarray, np.ndarray]:
@@ -50,9 +48,9 @@ def contact_target(mask: np.ndarray, seg: np.ndarray, thing_classes: Sequence[in
     return target.astype(np.float32), dilate_mask(mask, band + 2).astype(np.float32)
 
 
-def instance_contacts(instances: np.ndarray, band: int, crowd: int = CROWD) -> tuple[np.ndarray, np.ndarray]:
+def instance_contacts(instances: np.ndarray, band: int, crowd: int) -> tuple[np.ndarray, np.ndarray]:
     """(target, weight), (H, W) float32 each, from an (H, W) instance map (0 = no thing, `crowd` = a crowd
-    region): target 1 on every instance's pixels within `band` px of another instance's pixel; weight 1
+    region, components.coco.CROWD in the pairs): target 1 on every instance's pixels within `band` px of another instance's pixel; weight 1
     everywhere but on the crowds (many objects under one annotation: their own contacts are unknown)."""
     target = np.zeros(instances.shape, bool)
     weight = (instances != crowd).astype(np.float32)

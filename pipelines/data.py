@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from components.coco import CROWD
 from components.instances import contact_target, instance_contacts
 from components.masks import SdfNormalization, canny_edges, free_form_mask, signed_distance, to_gray
 
@@ -169,7 +170,7 @@ class PairsDataset(Dataset):
             item["sdf"] = torch.from_numpy(signed_distance(mask > 0, self.config.sdf_normalization))[None]
         if self.config.contact_band > 0:
             if known:  # every touching pair of instances, supervised everywhere but on crowds
-                target, weight = instance_contacts(instances, self.config.contact_band)
+                target, weight = instance_contacts(instances, self.config.contact_band, CROWD)
             else:  # M_G's contacts only, supervised near it
                 target, weight = contact_target(mask > 0, item["seg"].numpy(), self.config.thing_classes,
                                                 self.config.contact_band)

@@ -24,9 +24,8 @@ import numpy as np
 from tqdm import tqdm
 
 from components.buckets import bucket_of
-from components.coco import DatasetError, SegmentationRecipe, decode_annotation, render_maps
+from components.coco import CROWD, DatasetError, SegmentationRecipe, decode_annotation, render_maps
 from components.copy_paste import PasteConfig, cut_object, fit_background, paste
-from components.instances import CROWD
 from pipelines.common import bounded_map
 
 log = logging.getLogger(__name__)

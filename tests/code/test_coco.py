@@ -10,6 +10,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from components.coco import (
+    CROWD,
     DatasetError,
     Layer,
     SegmentationRecipe,
@@ -25,7 +26,6 @@ from components.coco import (
     render_maps,
     segmentation_recipe,
 )
-from components.instances import CROWD
 
 
 @pytest.fixture

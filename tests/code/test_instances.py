@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from components.instances import CROWD, contact_target, instance_contacts, split_instances
+from components.coco import CROWD
+from components.instances import contact_target, instance_contacts, split_instances
 
 
 def _two_touching(height: int = 20, width: int = 30) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -63,14 +64,14 @@ def test_instance_contacts_mark_every_touching_pair_and_nothing_inside_one_insta
     instances = np.zeros(labels.shape, np.uint16)
     instances[left], instances[right] = 1, 2
     instances[0:2, 0:4] = 3  # a ball far from both
-    target, weight = instance_contacts(instances, band=1)
+    target, weight = instance_contacts(instances, band=1, crowd=CROWD)
     assert target[4:16, 14:16].all() and target.sum() == 12 * 2  # as contact_target: both sides of the line
     assert weight.min() == 1  # supervised everywhere
     whole = np.where(labels > 0, 1, 0).astype(np.uint16)  # the same pixels as one instance: no contact
-    assert not instance_contacts(whole, band=1)[0].any()
-    assert not instance_contacts(instances, band=0)[0].any()
+    assert not instance_contacts(whole, band=1, crowd=CROWD)[0].any()
+    assert not instance_contacts(instances, band=0, crowd=CROWD)[0].any()
     crowd = instances.copy()
     crowd[right] = CROWD  # a crowd: the left person's side of the contact is known, the crowd's is not
-    target, weight = instance_contacts(crowd, band=1)
+    target, weight = instance_contacts(crowd, band=1, crowd=CROWD)
     assert target[4:16, 14].all() and not target[right].any() and target.sum() == 12
     assert not weight[right].any() and weight[left].all() and weight[0, 0] == 1

@@ -10,8 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from components.coco import DatasetError, mask_bbox
-from components.instances import CROWD
+from components.coco import CROWD, DatasetError, mask_bbox
 from pipelines.params import parse_params
 from pipelines.stages.synthesize import main, run
 from tests.conftest import tiny_params_raw
