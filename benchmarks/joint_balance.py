@@ -14,17 +14,15 @@ are merged into --out by variant name (a variant run again replaces its row, the
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.variants import run_variants  # noqa: E402
 
 VARIANTS = {
     "default": [],
@@ -59,29 +57,17 @@ def run_variant(name: str, settings: list[str], folder: Path) -> dict:
             "pretrained_test_psnr": metrics["methods"]["pretrained"]["all"]["psnr"]}
 
 
+def describe(r: dict) -> str:
+    return (f"val PSNR {r['val_psnr']:.2f} (pretrained {r['pretrained_val_psnr']:.2f}), val L_PS "
+            f"{r['val_loss_ps']:.3f}; test PSNR {r['test_psnr']:.2f}, IoU {r['test_mask_iou']:.3f}; photos: "
+            f"target IoU {r['photo_target_iou']:.3f} (pretrained {r['pretrained_photo_target_iou']:.3f}), "
+            f"false alarms {r['photo_false_alarm']:.3f} ({r['pretrained_photo_false_alarm']:.3f})")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", nargs="+", action="append", metavar=("NAME", "KEY=VALUE"),
-                        help="a variant: its name, then the params it changes (repeatable)")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "joint_balance.json")
-    args = parser.parse_args()
-    variants = {v[0]: v[1:] for v in args.variant} if args.variant else VARIANTS
-    rows = {}
-    with tempfile.TemporaryDirectory(prefix="joint-balance-") as tmp:
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
-        for name, settings in variants.items():
-            rows[name] = run_variant(name, settings, Path(tmp))
-            r = rows[name]
-            print(f"{name:>20}: val PSNR {r['val_psnr']:.2f} (pretrained {r['pretrained_val_psnr']:.2f}), val L_PS "
-                  f"{r['val_loss_ps']:.3f}; test PSNR {r['test_psnr']:.2f}, IoU {r['test_mask_iou']:.3f}; photos: "
-                  f"target IoU {r['photo_target_iou']:.3f} (pretrained {r['pretrained_photo_target_iou']:.3f}), "
-                  f"false alarms {r['photo_false_alarm']:.3f} ({r['pretrained_photo_false_alarm']:.3f})", flush=True)
-    stored = json.loads(args.out.read_text())["variants"] if args.out.is_file() else {}
-    result = {"host": platform.node(), "note": "finetune_joint variants from the same pretrained checkpoints, one "
-              "seed each; test split and its backgrounds I_G (benchmarks/joint_balance.py)",
-              "variants": {**stored, **rows}}
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    run_variants(__doc__, VARIANTS, REPO / "benchmarks" / "results" / "joint_balance.json", "joint-balance-",
+                 "finetune_joint variants from the same pretrained checkpoints, one seed each; test split and its "
+                 "backgrounds I_G (benchmarks/joint_balance.py)", run_variant, describe)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""python benchmarks/segmenter_recipes.py [--variant NAME KEY=VALUE ...]... [--out benchmarks/results/segmenter_recipes.json]
+"""python benchmarks/segmenter_recipes.py [--variant NAME KEY=VALUE ...]... [--out FILE]
 
 Which pretraining recipe gives the segmenter masks closest to the pasted object? Each variant is the
 `pretrain_segmenter` stage with some params changed (YAML values), trained into a temporary folder, then
@@ -15,17 +15,15 @@ the variants of the README's table. Results are merged into --out by variant nam
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.variants import run_variants  # noqa: E402
 
 VARIANTS = {
     "default": [],
@@ -87,29 +85,20 @@ def run_variant(name: str, settings: list[str], folder: Path) -> dict:
             **touching_scores(folder / name / "segmenter", Path(params.paths.inpainter))}
 
 
+def describe(r: dict) -> str:
+    return (f"val mask IoU {r['val_mask_iou']:.3f} (target {r['val_target_iou']:.3f}); test PSNR "
+            f"{r['test_psnr']:.2f}, IoU {r['test_mask_iou']:.3f}, coverage {r['test_coverage']:.3f}, clean "
+            f"{r['test_clean']:.3f}, leftover {r['test_leftover']:.3f}; photos: IoU {r['photo_target_iou']:.3f}, "
+            f"false alarms {r['photo_false_alarm']:.3f}; touching: pass {r['touching_pass']:.1f}, IoU "
+            f"{r['touching_iou']:.3f}; {r['train_s']:.0f} s")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", nargs="+", action="append", metavar=("NAME", "KEY=VALUE"),
-                        help="a variant: its name, then the params it changes (repeatable)")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "segmenter_recipes.json")
-    args = parser.parse_args()
-    variants = {v[0]: v[1:] for v in args.variant} if args.variant else VARIANTS
-    rows = {}
-    with tempfile.TemporaryDirectory(prefix="segmenter-recipes-") as tmp:
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
-        for name, settings in variants.items():
-            rows[name] = r = run_variant(name, settings, Path(tmp))
-            print(f"{name:>16}: val mask IoU {r['val_mask_iou']:.3f} (target {r['val_target_iou']:.3f}); test PSNR "
-                  f"{r['test_psnr']:.2f}, IoU {r['test_mask_iou']:.3f}, coverage {r['test_coverage']:.3f}, clean "
-                  f"{r['test_clean']:.3f}, leftover {r['test_leftover']:.3f}; photos: IoU {r['photo_target_iou']:.3f}, "
-                  f"false alarms {r['photo_false_alarm']:.3f}; touching: pass {r['touching_pass']:.1f}, IoU "
-                  f"{r['touching_iou']:.3f}; {r['train_s']:.0f} s", flush=True)
-    stored = json.loads(args.out.read_text())["variants"] if args.out.is_file() else {}
-    result = {"host": platform.node(), "note": "pretrain_segmenter variants, one seed each, evaluated as the "
-              "pretrained method with the workspace's inpainters (benchmarks/segmenter_recipes.py)",
-              "variants": {**stored, **rows}}
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    run_variants(__doc__, VARIANTS, REPO / "benchmarks" / "results" / "segmenter_recipes.json",
+                 "segmenter-recipes-", "pretrain_segmenter variants, one seed each unless named, evaluated as the "
+                 "pretrained method with the workspace's inpainters (benchmarks/segmenter_recipes.py); settings "
+                 "relative to params.yaml with dice_weight 3 and the pairs' instance maps; the *_pasted_contacts "
+                 "rows ran on pairs without them", run_variant, describe)
 
 
 if __name__ == "__main__":

@@ -50,8 +50,9 @@ def contact_target(mask: np.ndarray, seg: np.ndarray, thing_classes: Sequence[in
 
 def instance_contacts(instances: np.ndarray, band: int, crowd: int) -> tuple[np.ndarray, np.ndarray]:
     """(target, weight), (H, W) float32 each, from an (H, W) instance map (0 = no thing, `crowd` = a crowd
-    region, components.coco.CROWD in the pairs): target 1 on every instance's pixels within `band` px of another instance's pixel; weight 1
-    everywhere but on the crowds (many objects under one annotation: their own contacts are unknown)."""
+    region, components.coco.CROWD in the pairs): target 1 on every instance's pixels within `band` px of
+    another instance's pixel; weight 1 everywhere but on the crowds (many objects under one annotation:
+    their own contacts are unknown)."""
     target = np.zeros(instances.shape, bool)
     weight = (instances != crowd).astype(np.float32)
     if band <= 0:

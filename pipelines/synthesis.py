@@ -3,9 +3,9 @@
 The main process holds only the COCO index. It splits the source images, checks every target
 annotation once, and plans each pair as a small `PairSpec` (which object, which background,
 target ratio, blending mode, and a per-pair seed). Workers render specs: they read the two
-images, paste, and write five PNGs (seven with the instance maps of I and I_G). Specs are fed through a bounded window, so memory stays flat
-however many pairs are asked for, and a pair depends only on its own seed, so the output does not
-depend on the number of workers.
+images, paste, and write five PNGs (seven with the instance maps of I and I_G). Specs are fed
+through a bounded window, so memory stays flat however many pairs are asked for, and a pair depends
+only on its own seed, so the output does not depend on the number of workers.
 """
 
 from __future__ import annotations

@@ -142,8 +142,13 @@ class JointModule(InpainterModule):
         if j.composite_weight:
             composite = fake["image"].detach() * mask + batch["image"] * (1 - mask)
             loss_c = losses.composite_l1(composite, batch["background"], batch["mask"])
-        loss_ps = segmenter_terms(logits, contact, batch, j.contact_weight, j.dice_weight, j.target_classes)[0]
+        loss_ps = self._loss_ps(logits, contact, batch)
         return JointPass(mask, found, fake, loss_ps, loss_x, loss_c)
+
+    def _loss_ps(self, logits: torch.Tensor, contact: torch.Tensor | None, batch: dict) -> torch.Tensor:
+        """L_PS with the joint stage's weights (segmenter_module.segmenter_terms)."""
+        j = self.joint
+        return segmenter_terms(logits, contact, batch, j.contact_weight, j.dice_weight, j.target_classes)[0]
 
     def _spared(self, batch: dict) -> torch.Tensor | None:
         """The pixels m_hat leaves out with `spare_others`: the unpasted target-class objects of I."""
@@ -193,7 +198,7 @@ class JointModule(InpainterModule):
             "val/mask_ratio": area_ratio(mask, true_mask).nanmean(),
             "val/mask_iou": mask_iou(mask, true_mask).mean(),
             "val/found": (mask.flatten(1).amax(1) > 0).float().mean(),
-            "val/loss_ps": segmenter_terms(logits, contact, batch, j.contact_weight, j.dice_weight, j.target_classes)[0],
+            "val/loss_ps": self._loss_ps(logits, contact, batch),
         }
         if "sdf" in batch:
             m_hat = training_mask(logits, j.target_classes, true_mask, j.margin, contact, self._spared(batch))[1]

@@ -144,11 +144,13 @@ def test_instance_maps_follow_the_label_maps(tiny_coco):
     exactly the label map's thing pixels, and CROWD on a crowd annotation; a label-map source gives none."""
     instances = load_coco(tiny_coco / "annotations" / "instances.json")
     stuff = load_coco(tiny_coco / "annotations" / "stuff.json")
-    panoptic = {e["image_id"]: e for e in json.loads((tiny_coco / "annotations" / "panoptic.json").read_text())["annotations"]}
+    panoptic_json = json.loads((tiny_coco / "annotations" / "panoptic.json").read_text())
+    panoptic = {e["image_id"]: e for e in panoptic_json["annotations"]}
     image = instances.imgs[4]  # a person and a crowd of people
     crowd = next(a for a in instances.imgToAnns[4] if a["iscrowd"])
     for kind in ("stuff", "panoptic", "instances"):
-        recipe = segmentation_recipe(image, instances, kind, stuff, panoptic, tiny_coco / "panoptic", tiny_coco / "labels")
+        recipe = segmentation_recipe(image, instances, kind, stuff, panoptic, tiny_coco / "panoptic",
+                                     tiny_coco / "labels")
         labels, ids = render_maps(recipe, image["height"], image["width"])
         assert ids.dtype == np.uint16 and np.array_equal(ids > 0, np.isin(labels, [1, 2])), kind
         assert np.array_equal(labels, render_label_map(recipe, image["height"], image["width"])), kind

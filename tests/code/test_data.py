@@ -103,5 +103,6 @@ def test_the_contact_target_covers_the_whole_photo_where_the_instances_are_kept(
     manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
     item = PairsDataset(pairs_config(str(bare), 32, 1.0, seed=0, contact_band=1)[0], "train", augment=False)[0]
     target, weight = contact_target(item["mask"][0].numpy() > 0, item["seg"].numpy(), config.thing_classes, 1)
-    assert np.array_equal(item["contact"][0].numpy(), target) and np.array_equal(item["contact_weight"][0].numpy(), weight)
+    assert np.array_equal(item["contact"][0].numpy(), target)
+    assert np.array_equal(item["contact_weight"][0].numpy(), weight)
     assert item["contact_weight"].min() == 0
