@@ -31,7 +31,8 @@ VARIANTS = {
     "dice_1": ["pretrain_segmenter.dice_weight=1"],
     "dice_1_seed1": ["pretrain_segmenter.dice_weight=1", "pretrain_segmenter.seed=1"],
     "dice_0": ["pretrain_segmenter.dice_weight=0"],
-    "contact_5": ["pretrain_segmenter.contact_weight=5"],
+    "offset_10": ["pretrain_segmenter.offset_weight=10"],
+    "no_offsets": ["networks.segmenter.offsets=false"],
 }
 
 
@@ -97,8 +98,8 @@ def main() -> None:
     run_variants(__doc__, VARIANTS, REPO / "benchmarks" / "results" / "segmenter_recipes.json",
                  "segmenter-recipes-", "pretrain_segmenter variants, one seed each unless named, evaluated as the "
                  "pretrained method with the workspace's inpainters (benchmarks/segmenter_recipes.py); settings "
-                 "relative to params.yaml with dice_weight 3 and the pairs' instance maps; the *_pasted_contacts "
-                 "rows ran on pairs without them", run_variant, describe)
+                 "relative to params.yaml (the offset head, pairs labelled at label_alpha 0.1); the rows of the "
+                 "previous revision's contact head are in segmenter_recipes_contact.json", run_variant, describe)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ export folder. This module imports no torch: the PyTorch engine is components/to
 Both engines take and return numpy float32 NCHW arrays at the working resolution, so everything around the
 networks (components.inference) is one code path whatever the engine:
 
-    segment(image (B, 3, S, S) RGB in [0, 1])    -> ((B, K, S, S) softmax, (B, 1, S, S) contact
-                                                     probability, or None for a segmenter without the head)
+    segment(image (B, 3, S, S) RGB in [0, 1])    -> ((B, K, S, S) softmax, (B, 2, S, S) offsets to the
+                                                     objects' centers in px, or None without the head)
     probabilities(image)                                                 -> the softmax alone
     fill(image, edges (B, 1, S, S), probabilities, mask (B, 1, S, S))    -> (B, 3, S, S) raw image inpainter output
 
@@ -53,7 +53,7 @@ class OnnxBackend:
     def segment(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         (name,) = SEGMENTER_INPUTS
         outputs = self.segmenter.run(None, {name: np.ascontiguousarray(image, np.float32)})
-        return outputs[0], outputs[1] if len(outputs) > 1 else None  # the graph's "contact" when it has the head
+        return outputs[0], outputs[1] if len(outputs) > 1 else None  # the graph's "offsets" when it has the head
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         return self.segment(image)[0]

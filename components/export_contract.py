@@ -3,12 +3,12 @@ MLflow registry, the BentoML model store). Defined here once; no import beyond t
 the registry and the store can use it without numpy, torch or ONNX Runtime.
 
     segmenter.onnx   image (B, 3, S, S)                              -> probabilities (B, K, S, S)
-                                                                        [, contact (B, 1, S, S)]
+                                                                        [, offsets (B, 2, S, S)]
     inpainter.onnx   image, edges (B, 1, S, S), probabilities, mask  -> fill (B, 3, S, S)
     model.json       the fields below: classes, target classes, working resolution S, Canny sigma, ...
 
-All tensors float32 NCHW, RGB in [0, 1], mask 1 = fill, edges in {0, 1}. `contact` is an output only when
-the segmenter has the contact head.
+All tensors float32 NCHW, RGB in [0, 1], mask 1 = fill, edges in {0, 1}. `offsets` (dy, dx in pixels of S,
+from each pixel to its object's center) is an output only when the segmenter has the offset head.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ GRAPH_FILES = (SEGMENTER_FILE, INPAINTER_FILE)
 FILES = (*GRAPH_FILES, MODEL_JSON)  # an export folder is exactly these
 
 SEGMENTER_INPUTS = ("image",)
-SEGMENTER_OUTPUTS = ("probabilities", "contact")  # "contact" only with the contact head
+SEGMENTER_OUTPUTS = ("probabilities", "offsets")  # "offsets" only with the offset head
 INPAINTER_INPUTS = ("image", "edges", "probabilities", "mask")
 INPAINTER_OUTPUTS = ("fill",)
 

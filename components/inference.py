@@ -4,7 +4,7 @@ the service (the engine behind it, PyTorch or ONNX Runtime, is a `components.bac
     1. validate   `check_inputs`: the image, the target (known classes, points and box inside the
                   image, a user mask of the image's size), the extra dilation
     2. segment    the whole image resized to the working resolution `S`: instances (connected
-                  components of the argmax map, cut along the contact head's band so touching
+                  components of the argmax map, split by the offset head's votes so touching
                   objects are separate instances: components.instances) of the removable classes
     3. select     the instances the target names (classes, points, a box), or the user's mask; the
                   selected instances are scaled up to the image
@@ -239,9 +239,9 @@ def _window(box: Box, context: float, min_side: int, width: int, height: int) ->
     return left, top, left + w, top + h
 
 
-def _first(contact: np.ndarray | None) -> np.ndarray | None:
-    """The first image's (S, S) contact map of a backend's (N, 1, S, S) output (None stays None)."""
-    return None if contact is None else contact[0, 0]
+def _first(offsets: np.ndarray | None) -> np.ndarray | None:
+    """The first image's (2, S, S) offsets of a backend's (N, 2, S, S) output (None stays None)."""
+    return None if offsets is None else offsets[0]
 
 
 def _overlap(a: Box, b: Box) -> bool:
@@ -272,7 +272,7 @@ class ObjectRemover:
         height, width = image.shape[:2]
         size, config = self.info.image_size, self.config
         # 2. segment, 3. select
-        whole = None  # (batch, probabilities, contact) of the whole photo at S, when segmented
+        whole = None  # (batch, probabilities, offsets) of the whole photo at S, when segmented
         if target.mask is not None:
             coarse, classes = target.mask.astype(bool), None
         else:
@@ -285,18 +285,18 @@ class ObjectRemover:
         # 4. windows around the regions
         windows = context_windows(reach, config.context, size)
         if whole is not None and windows == [(0, 0, width, height)]:
-            batch, probabilities, contacts = whole  # the one window is the whole photo: its segmentation is known
+            batch, probabilities, offsets = whole  # the one window is the whole photo: its segmentation is known
         else:
             batch = self._batch([image[y0:y1, x0:x1] for x0, y0, x1, y1 in windows])
-            probabilities, contacts = self.backend.segment(batch)  # (N, K, S, S), (N, 1, S, S) or None
+            probabilities, offsets = self.backend.segment(batch)  # (N, K, S, S), (N, 2, S, S) or None
         masks = []
         for index, (window, probs) in enumerate(zip(windows, probabilities)):
             x0, y0, x1, y1 = window
             mask = coarse[y0:y1, x0:x1]
             # 5. refine, 6. expand
             if classes is not None and config.refine and (x1 - x0, y1 - y0) != (width, height):
-                contact = None if contacts is None else contacts[index, 0]
-                mask = self._refine(mask, probs, contact, classes, cell=max(width, height) / size)
+                votes = None if offsets is None else offsets[index]
+                mask = self._refine(mask, probs, votes, classes, cell=max(width, height) / size)
             if expand_px:
                 mask = dilate_mask(mask, expand_px) if expand_px > 0 else erode_mask(mask, -expand_px)
             masks.append(mask)
@@ -317,10 +317,10 @@ class ObjectRemover:
         """The instances of removable classes in `image`, largest first, masks at the image's size."""
         check_inputs(image, Target(), 0, self.info)
         height, width = image.shape[:2]
-        probabilities, contact = self.backend.segment(self._batch([image]))
-        probabilities, contact = probabilities[0], _first(contact)
+        probabilities, offsets = self.backend.segment(self._batch([image]))
+        probabilities, offsets = probabilities[0], _first(offsets)
         segments = []
-        for cls, instance in self._instances(probabilities, contact, self.info.removable, self._min_area()):
+        for cls, instance in self._instances(probabilities, offsets, self.info.removable, self._min_area()):
             mask = resize_mask(instance, width, height)
             box = bounding_box(mask)
             if box is not None:
@@ -337,19 +337,19 @@ class ObjectRemover:
     def _min_area(self) -> int:
         return self.config.min_area(self.info.image_size)
 
-    def _instances(self, probabilities: np.ndarray, contact: np.ndarray | None, classes, min_area: int
+    def _instances(self, probabilities: np.ndarray, offsets: np.ndarray | None, classes, min_area: int
                    ) -> list[tuple[int, np.ndarray]]:
-        """Instances at S from (K, S, S) probabilities and the (S, S) contact probability (None: no head)."""
-        return split_instances(probabilities.argmax(axis=0), list(classes), contact, min_area=min_area)
+        """Instances at S from (K, S, S) probabilities and the (2, S, S) offsets (None: no head)."""
+        return split_instances(probabilities.argmax(axis=0), list(classes), offsets, min_area=min_area)
 
-    def _select(self, probabilities: np.ndarray, contact: np.ndarray | None, target: Target, width: int, height: int
+    def _select(self, probabilities: np.ndarray, offsets: np.ndarray | None, target: Target, width: int, height: int
                 ) -> tuple[np.ndarray, set[int]]:
         """The target's instances at the image's size, and their classes."""
         info, size = self.info, self.info.image_size
         named = tuple(info.class_names.index(n) for n in target.classes)
         picking = bool(target.points) or target.box is not None
         allowed = named or (info.removable if picking else info.default_targets)
-        instances = self._instances(probabilities, contact, allowed, 1 if picking else self._min_area())
+        instances = self._instances(probabilities, offsets, allowed, 1 if picking else self._min_area())
         chosen: dict[int, tuple[int, np.ndarray]] = {}
         if not picking:
             chosen = dict(enumerate(instances))
@@ -376,14 +376,14 @@ class ObjectRemover:
             union |= instance
         return resize_mask(union, width, height), {cls for cls, _ in chosen.values()}
 
-    def _refine(self, coarse: np.ndarray, probabilities: np.ndarray, contact: np.ndarray | None, classes: set[int],
+    def _refine(self, coarse: np.ndarray, probabilities: np.ndarray, offsets: np.ndarray | None, classes: set[int],
                 cell: float) -> np.ndarray:
         """The window's own instances of `classes` that overlap `coarse` (at S), within one coarse cell of it."""
         height, width = coarse.shape
         size = self.info.image_size
         seed = resize_mask(coarse, size, size, any_weight=True)
         union = np.zeros((size, size), bool)
-        for _, instance in self._instances(probabilities, contact, sorted(classes), 1):
+        for _, instance in self._instances(probabilities, offsets, sorted(classes), 1):
             if (instance & seed).any():
                 union |= instance
         refined = resize_mask(union, width, height) & dilate_mask(coarse, max(1, math.ceil(cell)))

@@ -31,6 +31,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from components.instances import offset_unit
+
 
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """E[max(0, 1 - D(real))] + E[max(0, 1 + D(fake))]."""
@@ -134,13 +136,13 @@ def target_dice_loss(logits: torch.Tensor, target: torch.Tensor, target_classes:
     return (1 - dice).mean()
 
 
-def contact_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, pos_weight: float = 1.0
-                 ) -> torch.Tensor:
-    """The contact head's term of L_PS: binary cross entropy of its logits (B, 1, H, W) against the contact
-    band `target` (B, 1, H, W) {0, 1}, averaged over the supervised pixels (`weight` 1); band pixels
-    count `pos_weight` times (the band is a small share of the supervised window). 0 with none supervised."""
-    per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none",
-                                                   pos_weight=torch.tensor(pos_weight, device=logits.device))
+def offset_loss(offsets: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The offset head's term of L_PS: L1 between its offsets (B, 2, H, W) and the offsets to the
+    instances' centers `target` (B, 2, H, W), both in px, averaged over the supervised pixels (`weight`
+    (B, 1, H, W) 1) and both components, in units of components.instances.offset_unit (the image's size
+    / 16), so the term does not grow with the resolution. 0 with none supervised."""
+    unit = offset_unit(offsets.shape[-1])
+    per_pixel = (offsets.float() - target).abs().sum(dim=1, keepdim=True) / (2 * unit)
     return (per_pixel * weight).sum() / weight.sum().clamp_min(1)
 
 

@@ -1,7 +1,7 @@
 """From the segmenter's output to the mask the inpainters fill, differentiably (DESIGN.md section 2).
 
 Training selects, per image, the predicted instance of a target class (a connected component of the
-argmax map, cut along the contact head's band when the segmenter has one: components.instances) with
+argmax map, split by the offset head's votes when the segmenter has one: components.instances) with
 the largest overlap with `M_G`: the paper's rule, standing in for a user's click on the object.
 
 The mask fed to the inpainters is a **straight-through binarization**: forward, the binary selected
@@ -44,23 +44,23 @@ def target_probability(logits: torch.Tensor, target_classes: Sequence[int]) -> t
     return logits.softmax(dim=1)[:, list(target_classes)].sum(dim=1, keepdim=True)
 
 
-def contact_probability(contact_logits: torch.Tensor | None) -> np.ndarray | None:
-    """(B, 1, H, W) contact logits -> (B, H, W) probabilities as numpy (None stays None)."""
-    return None if contact_logits is None else contact_logits.detach()[:, 0].sigmoid().float().cpu().numpy()
+def offset_maps(offsets: torch.Tensor | None) -> np.ndarray | None:
+    """(B, 2, H, W) offsets of the segmenter's head -> numpy float32 (None stays None)."""
+    return None if offsets is None else offsets.detach().float().cpu().numpy()
 
 
 def select_by_overlap(
-    labels: np.ndarray, target_classes: Sequence[int], reference: np.ndarray, contact: np.ndarray | None = None
+    labels: np.ndarray, target_classes: Sequence[int], reference: np.ndarray, offsets: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per image, the target-class instance of `labels` (B, H, W) overlapping `reference` (B, H, W)
-    bool the most (instances cut along `contact` (B, H, W) probabilities when given). Returns
+    bool the most (instances split by the (B, 2, H, W) `offsets` when given). Returns
     (selected (B, H, W) bool, found (B,) bool); empty where nothing overlaps."""
     selected = np.zeros(reference.shape, bool)
     found = np.zeros(len(reference), bool)
     for b in range(len(reference)):
         best = 0
-        cut = None if contact is None else contact[b]
-        for _, component in instances_from_labels(labels[b], list(target_classes), contact=cut):
+        votes = None if offsets is None else offsets[b]
+        for _, component in instances_from_labels(labels[b], list(target_classes), offsets=votes):
             overlap = int(np.count_nonzero(component & reference[b]))
             if overlap > best:
                 best, selected[b], found[b] = overlap, component, True
@@ -83,9 +83,9 @@ def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
 
 def training_mask(
     logits: torch.Tensor, target_classes: Sequence[int], true_mask: torch.Tensor, margin: int,
-    contact_logits: torch.Tensor | None = None, spare: torch.Tensor | None = None,
+    offsets: torch.Tensor | None = None, spare: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The joint step's mask from the segmenter's logits (B, K, H, W) (and contact logits (B, 1, H, W))
+    """The joint step's mask from the segmenter's logits (B, K, H, W) (and offsets (B, 2, H, W))
     and `M_G` (B, 1, H, W); `spare` (B, 1, H, W) bool: pixels left out of m_hat's window (other objects).
 
     Returns (mask (B, 1, H, W): binary forward, straight-through to `m_hat`; m_hat (B, 1, H, W): the
@@ -94,7 +94,7 @@ def training_mask(
     """
     reference = true_mask[:, 0].detach().cpu().numpy() > 0.5
     labels = logits.detach().argmax(dim=1).cpu().numpy()
-    selected, found = select_by_overlap(labels, target_classes, reference, contact_probability(contact_logits))
+    selected, found = select_by_overlap(labels, target_classes, reference, offset_maps(offsets))
     hard = np.where(found[:, None, None], selected, reference)  # fallback: M_G itself
     window = gradient_window(hard, reference, margin)
     if spare is not None:
@@ -106,9 +106,9 @@ def training_mask(
 
 
 def evaluation_mask(logits: torch.Tensor, target_classes: Sequence[int], true_mask: torch.Tensor,
-                    contact: np.ndarray | None = None) -> torch.Tensor:
+                    offsets: np.ndarray | None = None) -> torch.Tensor:
     """The instance overlapping `M_G` the most, binary (B, 1, H, W); empty when none does. `logits` may
-    be probabilities (only their argmax is used); `contact` (B, H, W) the contact probabilities."""
+    be probabilities (only their argmax is used); `offsets` (B, 2, H, W) the offset head's output."""
     reference = true_mask[:, 0].detach().cpu().numpy() > 0.5
-    selected, _ = select_by_overlap(logits.detach().argmax(dim=1).cpu().numpy(), target_classes, reference, contact)
+    selected, _ = select_by_overlap(logits.detach().argmax(dim=1).cpu().numpy(), target_classes, reference, offsets)
     return torch.from_numpy(selected).to(device=logits.device, dtype=logits.dtype)[:, None]

@@ -26,8 +26,8 @@ class TorchBackend:
 
     @torch.inference_mode()
     def segment(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        logits, contact = self.segmenter.segment(self._tensor(image))
-        return logits.softmax(dim=1).cpu().numpy(), None if contact is None else contact.sigmoid().cpu().numpy()
+        logits, offsets = self.segmenter.segment(self._tensor(image))
+        return logits.softmax(dim=1).cpu().numpy(), None if offsets is None else offsets.float().cpu().numpy()
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         return self.segment(image)[0]

@@ -13,11 +13,11 @@ resolution, with:
     sdf         (1, H, W) float [-1, 1]  signed distance map phi of M_G, when `sdf_normalization` is set
                                          (joint training's MEL; computed here, in the loader workers,
                                          rather than per step on the training device)
-    contact     (1, H, W) float {0, 1}   the contact band between touching thing instances of I (from the
-                                         pair's instance maps; without them, between M_G and the things it
-                                         touches), and
-    contact_weight (1, H, W) float {0, 1} where that target is known (components.instances), when
-                                         `contact_band` > 0 (the segmenter's contact head)
+    offsets     (2, H, W) float          each thing pixel's offset (dy, dx) in px to the center of its
+                                         instance in I (from the pair's instance maps; without them, the
+                                         pasted object's pixels only), and
+    offset_weight (1, H, W) float {0, 1} where that target is known (components.instances), when
+                                         `offsets` is set (the segmenter's offset head)
 
 With `background_share` > 0, that share of the training items shows the bare background I_G with its
 own segmentation and an empty mask: the segmenter also sees scenes with nothing pasted, many of them
@@ -48,7 +48,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from components.coco import CROWD
-from components.instances import contact_target, instance_contacts
+from components.instances import center_offsets, pasted_offsets
 from components.masks import SdfNormalization, canny_edges, free_form_mask, signed_distance, to_gray
 
 MaskSource = Literal["object", "random"]
@@ -65,7 +65,7 @@ class PairsConfig:
     sdf_normalization: SdfNormalization | None = None  # set: items carry phi of M_G as "sdf"
     background_share: float = 0.0  # training items shown as the bare I_G (its own labels, an empty mask)
     thing_classes: tuple[int, ...] = ()  # contiguous indices of the thing (object) classes
-    contact_band: int = 0  # > 0: items carry the contact head's target for a band of this many px
+    offsets: bool = False  # items carry the offset head's target
 
 
 def read_categories(pairs_root: str | Path) -> list[dict]:
@@ -106,25 +106,45 @@ class PairsDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _read(self, name: str, kind: Literal["rgb", "labels", "mask"]) -> np.ndarray:
-        """A pair file at the working resolution. Images are area-/linearly resized; label maps take the
-        nearest label; the mask is resized like the images and kept wherever it has any weight, so it
-        still covers every pixel where the resized I and I_G differ."""
+    def _read_raw(self, name: str, kind: Literal["rgb", "labels", "mask"]) -> np.ndarray:
         path = Path(self.config.root) / self.split / name
         array = cv2.imread(str(path), cv2.IMREAD_COLOR if kind == "rgb" else cv2.IMREAD_UNCHANGED)
         if array is None:
             raise FileNotFoundError(f"pair file missing or unreadable: {path}")
+        return array
+
+    def _resize_mask(self, mask: np.ndarray) -> np.ndarray:
+        """A (h, w) bool or {0, 1} mask at the working resolution, kept wherever it has any weight."""
+        size = self.config.image_size
+        if mask.shape[:2] == (size, size):
+            return mask.astype(np.uint8)
+        smooth = cv2.INTER_AREA if mask.shape[0] > size else cv2.INTER_LINEAR
+        return (cv2.resize(mask.astype(np.float32), (size, size), interpolation=smooth) > 0).astype(np.uint8)
+
+    def _read(self, name: str, kind: Literal["rgb", "labels", "mask"]) -> np.ndarray:
+        """A pair file at the working resolution. Images are area-/linearly resized; label maps take the
+        nearest label; the mask is resized like the images and kept wherever it has any weight, so it
+        still covers every pixel where the resized I and I_G differ."""
+        array = self._read_raw(name, kind)
         size = self.config.image_size
         if kind == "mask":
-            array = (array > 127).astype(np.uint8)
-        if array.shape[:2] != (size, size):
+            array = self._resize_mask(array > 127)
+        elif array.shape[:2] != (size, size):
             smooth = cv2.INTER_AREA if array.shape[0] > size else cv2.INTER_LINEAR
-            if kind == "mask":
-                array = (cv2.resize(array.astype(np.float32), (size, size), interpolation=smooth) > 0).astype(np.uint8)
-            else:
-                interp = cv2.INTER_NEAREST if kind == "labels" else smooth
-                array = cv2.resize(array, (size, size), interpolation=interp)
+            interp = cv2.INTER_NEAREST if kind == "labels" else smooth
+            array = cv2.resize(array, (size, size), interpolation=interp)
         return np.ascontiguousarray(array[..., ::-1]) if kind == "rgb" else array
+
+    def _pasted_object(self, files: dict, known: bool) -> tuple[np.ndarray, int | None]:
+        """Where S of I labels the pasted object, at the working resolution and resized like M_G (any
+        weight), so that S covers what M_G covers when the synthesis labelled every pixel the paste
+        changed (synthesize.label_alpha); and its number in the instance map (None without one)."""
+        if known:
+            instances = self._read_raw(files["instances"], "labels")
+            number = int(instances[instances != CROWD].max(initial=0))
+            return self._resize_mask(instances == number), number
+        seg, bg_seg = self._read_raw(files["segs"], "labels"), self._read_raw(files["bg_segs"], "labels")
+        return self._resize_mask(seg != bg_seg), None
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         source = index % self.object_pairs if self.object_pairs and self.mask_source == "object" else index
@@ -132,7 +152,7 @@ class PairsDataset(Dataset):
         rng = np.random.default_rng([self.config.seed, self.epoch, index])
         background = self._read(files["backgrounds"], "rgb")
         bg_seg = self._read(files["bg_segs"], "labels")
-        known = self.config.contact_band > 0 and "instances" in files  # the pair keeps its instance maps
+        known = self.config.offsets and "instances" in files  # the pair keeps its instance maps
         instances = self._read(files["bg_instances"], "labels") if known else np.zeros(bg_seg.shape, np.uint16)
         if self.mask_source == "random":
             edges = self.config.bucket_edges
@@ -145,11 +165,12 @@ class PairsDataset(Dataset):
             image, seg, mask = background.copy(), bg_seg.copy(), np.zeros(bg_seg.shape, np.uint8)
         else:
             image = self._read(files["images"], "rgb")
-            seg = self._read(files["segs"], "labels")
             mask = self._read(files["masks"], "mask")
-            seg = np.where(mask > 0, seg, bg_seg)  # resized labels too: S == S_G outside M_G
-            if known:  # I's instances (the pasted object one more), the background's outside M_G likewise
-                instances = np.where(mask > 0, self._read(files["instances"], "labels"), instances)
+            pasted, number = self._pasted_object(files, known)
+            category = self.records[source]["object"]["category_id"]
+            seg = np.where((pasted > 0) & (mask > 0), category, bg_seg).astype(bg_seg.dtype)  # S == S_G outside M_G
+            if known:  # I's instances: the background's, the pasted object one more
+                instances = np.where((pasted > 0) & (mask > 0), number, instances).astype(instances.dtype)
         if self.augment:
             self.transform.set_random_seed(int(rng.integers(2**31)))
             out = self.transform(image=image, background=background, mask=mask, seg=seg, bg_seg=bg_seg,
@@ -168,13 +189,12 @@ class PairsDataset(Dataset):
         }
         if self.config.sdf_normalization is not None:
             item["sdf"] = torch.from_numpy(signed_distance(mask > 0, self.config.sdf_normalization))[None]
-        if self.config.contact_band > 0:
-            if known:  # every touching pair of instances, supervised everywhere but on crowds
-                target, weight = instance_contacts(instances, self.config.contact_band, CROWD)
-            else:  # M_G's contacts only, supervised near it
-                target, weight = contact_target(mask > 0, item["seg"].numpy(), self.config.thing_classes,
-                                                self.config.contact_band)
-            item["contact"], item["contact_weight"] = torch.from_numpy(target)[None], torch.from_numpy(weight)[None]
+        if self.config.offsets:
+            if known:  # every thing instance of I, supervised but on crowds
+                target, weight = center_offsets(instances, CROWD)
+            else:  # the pasted object's pixels only (M_G's: the labels at label_alpha 0.1)
+                target, weight = pasted_offsets((mask > 0) & (self.mask_source == "object"))
+            item["offsets"], item["offset_weight"] = torch.from_numpy(target), torch.from_numpy(weight)[None]
         return item
 
 
@@ -219,7 +239,7 @@ class PairsDataModule(L.LightningDataModule):
 
 def pairs_config(
     pairs_root: str, image_size: int, canny_sigma: float, seed: int, sdf_normalization: SdfNormalization | None = None,
-    contact_band: int = 0,
+    offsets: bool = False,
 ) -> tuple[PairsConfig, list[dict], list[int]]:
     """The dataset config for `pairs_root`, its categories, and the contiguous indices of the target classes."""
     summary_path = Path(pairs_root) / "summary.json"
@@ -230,7 +250,7 @@ def pairs_config(
     things = tuple(i + 1 for i, c in enumerate(categories) if c.get("isthing", True))
     config = PairsConfig(root=pairs_root, image_size=image_size, class_ids=class_ids,
                          bucket_edges=tuple(summary["bucket_edges"]), canny_sigma=canny_sigma, seed=seed,
-                         sdf_normalization=sdf_normalization, thing_classes=things, contact_band=contact_band)
+                         sdf_normalization=sdf_normalization, thing_classes=things, offsets=offsets)
     return config, categories, targets
 
 

@@ -94,10 +94,10 @@ def classical_fill(image: torch.Tensor, mask: torch.Tensor, method: int, radius:
 
 
 def segment(model: Backend, image: torch.Tensor) -> tuple[torch.Tensor, np.ndarray | None]:
-    """(B, K, H, W) class probabilities of the model's segmenter, and its (B, H, W) contact probabilities
-    (None without the contact head)."""
-    probabilities, contact = model.segment(image.numpy())
-    return torch.from_numpy(probabilities), None if contact is None else contact[:, 0]
+    """(B, K, H, W) class probabilities of the model's segmenter, and its (B, 2, H, W) offsets (None
+    without the offset head)."""
+    probabilities, offsets = model.segment(image.numpy())
+    return torch.from_numpy(probabilities), offsets
 
 
 def inpaint(model: Backend, image: torch.Tensor, mask: torch.Tensor, probabilities: torch.Tensor,
@@ -109,7 +109,7 @@ def inpaint(model: Backend, image: torch.Tensor, mask: torch.Tensor, probabiliti
 SEGMENTERS = ("joint_mel", "joint_no_mel", "pretrained")  # the methods with a segmenter of their own
 
 
-def photo_scores(probabilities: torch.Tensor, contact: np.ndarray | None, truth: torch.Tensor,
+def photo_scores(probabilities: torch.Tensor, offsets: np.ndarray | None, truth: torch.Tensor,
                  target_classes: list[int], min_area: int) -> list[dict]:
     """Per photo (probabilities (B, K, H, W) of the segmenter on I_G, its true segmentation (B, H, W)):
     {"target_iou": IoU of the target-class pixels, None without a true target; "false_alarm": 1.0 when a
@@ -125,8 +125,8 @@ def photo_scores(probabilities: torch.Tensor, contact: np.ndarray | None, truth:
         if holds[b]:
             rows.append({"target_iou": float(ious[b]), "false_alarm": None})
         else:
-            cut = None if contact is None else contact[b]
-            marked = bool(instances_from_labels(labels[b], target_classes, min_area=min_area, contact=cut))
+            votes = None if offsets is None else offsets[b]
+            marked = bool(instances_from_labels(labels[b], target_classes, min_area=min_area, offsets=votes))
             rows.append({"target_iou": None, "false_alarm": float(marked)})
     return rows
 
@@ -147,13 +147,13 @@ def evaluate_batches(
         image, target, true = batch["image"], batch["background"], batch["mask"]
         visible = visible_change(image, target, visible_threshold)  # (B, 1, H, W): the object as seen
         pretrained = models["pretrained"]
-        probs, contact = segment(pretrained, image)
-        base_mask = evaluation_mask(probs, target_classes, true, contact)
+        probs, offsets = segment(pretrained, image)
+        base_mask = evaluation_mask(probs, target_classes, true, offsets)
         outputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # method -> (mask, composite)
         for name in ("joint_mel", "joint_no_mel"):
             if name in models:
-                own, own_contact = segment(models[name], image)
-                mask = evaluation_mask(own, target_classes, true, own_contact)
+                own, own_offsets = segment(models[name], image)
+                mask = evaluation_mask(own, target_classes, true, own_offsets)
                 outputs[name] = (mask, inpaint(models[name], image, mask, own, canny_sigma))
         outputs["pretrained"] = (base_mask, inpaint(pretrained, image, base_mask, probs, canny_sigma))
         dilated = morph(base_mask, dilation_px)
@@ -183,8 +183,8 @@ def evaluate_batches(
         min_area = inference.InferenceConfig().min_area(image.shape[-1])  # what a class removal would take
         for name in SEGMENTERS:
             if name in models:
-                probs_bg, contact_bg = segment(models[name], target)
-                for i, row in enumerate(photo_scores(probs_bg, contact_bg, batch["bg_seg"], target_classes, min_area)):
+                probs_bg, offsets_bg = segment(models[name], target)
+                for i, row in enumerate(photo_scores(probs_bg, offsets_bg, batch["bg_seg"], target_classes, min_area)):
                     result.photos.append({"method": name, "pair": pair + i, **row})
         pair += n
     return result

@@ -114,6 +114,7 @@ class SynthesizeParams(Section):
     feather_sigma: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]
     motion_blur_length: tuple[Annotated[int, Field(ge=2)], Annotated[int, Field(ge=2)]]
     hflip_prob: Fraction
+    label_alpha: Annotated[float, Field(gt=0.0, le=1.0)]  # pasted pixels labelled the object where alpha >= this
     max_bad_fraction: Fraction  # fail when more target annotations / images than this are bad
     workers: PositiveInt
 
@@ -135,7 +136,7 @@ class SynthesizeParams(Section):
 class SegmenterNet(Section):
     width: PositiveInt  # channels of the first U-Net level (doubles per level)
     depth: PositiveInt  # number of downsamplings; image sizes must be multiples of 2**depth
-    contact_band: Annotated[int, Field(ge=0)]  # px: the contact head's band where things touch; 0 = no head
+    offsets: bool  # the offset head: per pixel, (dy, dx) to its object's center; splits touching things
 
 
 class InpainterNet(Section):
@@ -190,7 +191,7 @@ class PretrainSegmenterParams(Section):
     weight_decay: Annotated[float, Field(ge=0)]
     schedule: Literal["constant", "cosine"]  # AdamW's learning rate: constant, or a cosine decay to 0
     background_share: Fraction  # training items shown as the bare background I_G (scenes with nothing pasted)
-    contact_weight: Annotated[float, Field(ge=0)]  # the contact head's BCE in L_PS
+    offset_weight: Annotated[float, Field(ge=0)]  # the offset head's L1 in L_PS
     dice_weight: Annotated[float, Field(ge=0)]  # the target classes' soft Dice in L_PS (losses.target_dice_loss)
 
 
@@ -256,7 +257,7 @@ class FinetuneJointParams(Section):
     segmentation_weight: Annotated[float, Field(ge=0)]  # weight of L_PS in L_SN (paper: 1)
     selection_margin: Annotated[int, Field(ge=0)]  # px around the selection and M_G that m_hat covers
     background_share: Fraction  # training items shown as the bare I_G: only L_PS learns from them
-    contact_weight: Annotated[float, Field(ge=0)]  # the contact head's BCE in L_PS
+    offset_weight: Annotated[float, Field(ge=0)]  # the offset head's L1 in L_PS
     dice_weight: Annotated[float, Field(ge=0)]  # the target classes' soft Dice in L_PS
     map_gradient: bool  # the inpainting losses reach the segmenter through its segmentation map too (not only the mask)
     mask_gradient: Literal["composite", "inputs"]  # how the inpainting losses reach the mask (README)

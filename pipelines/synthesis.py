@@ -84,6 +84,7 @@ class RenderSettings:
     paste: PasteConfig
     hflip_prob: float
     bucket_edges: tuple[float, ...]
+    label_alpha: float = 0.5  # a pasted pixel is the object's in S (and the instance map) where alpha >= this
 
 
 def plan_pairs(
@@ -167,7 +168,8 @@ def render_pair(spec: PairSpec, settings: RenderSettings) -> dict:
     pasted = paste(bg_image, obj, obj_mask, spec.target_ratio, spec.mode, settings.paste, rng)
     if pasted is None:
         return {"dropped": "object never reached min_mask_ratio in the frame"}
-    seg = np.where(pasted.alpha >= 0.5, np.uint8(spec.obj.category_id), bg_labels).astype(np.uint8)
+    labelled = pasted.alpha >= settings.label_alpha
+    seg = np.where(labelled, np.uint8(spec.obj.category_id), bg_labels).astype(np.uint8)
     # 4. write the files (five, and the instance map where the source keeps instances)
     name = f"{spec.index:06d}.png"
     out = Path(settings.out_dir)
@@ -178,9 +180,9 @@ def render_pair(spec: PairSpec, settings: RenderSettings) -> dict:
         "segs": seg,
         "bg_segs": bg_labels.astype(np.uint8),
     }
-    if bg_instances is not None:  # the pasted object is one more instance, where it is labeled (alpha >= 0.5)
+    if bg_instances is not None:  # the pasted object is one more instance, where it is labelled
         number = int(bg_instances[bg_instances != CROWD].max(initial=0)) + 1
-        arrays["instances"] = np.where(pasted.alpha >= 0.5, number, bg_instances).astype(np.uint16)
+        arrays["instances"] = np.where(labelled, number, bg_instances).astype(np.uint16)
         arrays["bg_instances"] = bg_instances
     for folder, array in arrays.items():
         (out / folder).mkdir(exist_ok=True)

@@ -4,13 +4,13 @@ Stage `export`: the jointly trained segmenter and inpainters (`paths.joint/best.
 serving without PyTorch. Two graphs, both float32 NCHW with RGB in [0, 1]:
 
     segmenter.onnx   image (B, 3, S, S)                              -> probabilities (B, K, S, S)
-                                                                        [, contact (B, 1, S, S)]
+                                                                        [, offsets (B, 2, S, S)]
     inpainter.onnx   image, edges (B, 1, S, S), probabilities, mask  -> fill (B, 3, S, S)
 
 `S` is the working resolution (`networks.image_size`) and is fixed in the graphs: the smooth hole
 fill's pyramid has one level per halving of the size, so the exported graph holds the levels of `S`.
-The batch is dynamic. `contact` (the probability of the band where two things touch) is an output only
-when the segmenter has the contact head (`networks.segmenter.contact_band` > 0). The edges (Canny), the
+The batch is dynamic. `offsets` (per pixel, dy and dx in pixels to its object's center) is an output only
+when the segmenter has the offset head (`networks.segmenter.offsets`). The edges (Canny), the
 choice of the instances and the composite stay outside the graphs, in the shared inference path
 (`components.inference`).
 
@@ -63,16 +63,16 @@ class ParityError(RuntimeError):
 
 
 class SegmenterProbabilities(nn.Module):
-    """Class probabilities, and the contact probability when the segmenter has the head."""
+    """Class probabilities, and the offsets when the segmenter has the head."""
 
     def __init__(self, segmenter: Segmenter):
         super().__init__()
         self.segmenter = segmenter
-        self.outputs = SEGMENTER_OUTPUTS if segmenter.contact is not None else SEGMENTER_OUTPUTS[:1]
+        self.outputs = SEGMENTER_OUTPUTS if segmenter.offsets is not None else SEGMENTER_OUTPUTS[:1]
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        logits, contact = self.segmenter.segment(image)
-        return (logits.softmax(dim=1),) if contact is None else (logits.softmax(dim=1), contact.sigmoid())
+        logits, offsets = self.segmenter.segment(image)
+        return (logits.softmax(dim=1),) if offsets is None else (logits.softmax(dim=1), offsets)
 
 
 class InpainterFill(nn.Module):
@@ -152,7 +152,7 @@ def run(params: Params) -> dict:
             raise ParityError(f"ONNX Runtime differs from PyTorch by {worst} (largest |difference| per output) "
                               f"on {count} test pairs, over export.tolerance = {p.tolerance}")
         shapes = {name: ["batch", channels, size, size] for name, channels in
-                  (("image", 3), ("edges", 1), ("probabilities", classes), ("mask", 1), ("contact", 1), ("fill", 3))}
+                  (("image", 3), ("edges", 1), ("probabilities", classes), ("mask", 1), ("offsets", 2), ("fill", 3))}
         info = {
             "graphs": {
                 SEGMENTER_FILE: {"inputs": {n: shapes[n] for n in SEGMENTER_INPUTS},

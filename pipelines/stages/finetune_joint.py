@@ -78,7 +78,7 @@ def build(params: Params, ablation: bool = False, load_weights: bool = True) -> 
     L.seed_everything(params.seed + p.seed, workers=True, verbose=False)
     data_config, categories, targets = pairs_config(params.paths.pairs, nets.image_size, pi.canny_sigma, p.seed,
                                                     p.mel.normalization if p.mel.enabled else None,
-                                                    contact_band=nets.segmenter.contact_band)
+                                                    offsets=nets.segmenter.offsets)
     num_classes = len(categories) + 1
     module = JointModule(inpainting_config(nets, num_classes), segmenter_config(nets, num_classes),
                          joint_config(p, targets), loss_weights(p.losses), optim_config(p),

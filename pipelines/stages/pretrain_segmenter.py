@@ -34,10 +34,10 @@ def build(params: Params) -> StageFit:
                "trainer": params.trainer.model_dump(mode="json"), "seed": params.seed}
     L.seed_everything(params.seed + p.seed, workers=True, verbose=False)
     data_config, categories, targets = pairs_config(params.paths.pairs, nets.image_size, 1.0, p.seed,
-                                                    contact_band=nets.segmenter.contact_band)
+                                                    offsets=nets.segmenter.offsets)
     config = segmenter_config(nets, len(categories) + 1)
     module = SegmenterModule(config, targets, lr=p.lr, weight_decay=p.weight_decay, schedule=p.schedule,
-                             contact_weight=p.contact_weight, dice_weight=p.dice_weight)
+                             offset_weight=p.offset_weight, dice_weight=p.dice_weight)
     data = PairsDataModule(replace(data_config, background_share=p.background_share), p.batch_size,
                            params.trainer.num_workers)
     return StageFit(STAGE, section, module, data, params.trainer, p.epochs, p.precision, Path(params.paths.segmenter),

@@ -63,7 +63,7 @@ def run(params: Params) -> dict:
         for split, seed in zip(SPLITS, plan_seeds):
             specs = plan_pairs(split, counts[split], sources.objects[split], sources.images[split], edges,
                                paste_config, cfg.blending, seed)
-            settings = RenderSettings(str(tmp / split), paste_config, cfg.hflip_prob, tuple(edges))
+            settings = RenderSettings(str(tmp / split), paste_config, cfg.hflip_prob, tuple(edges), cfg.label_alpha)
             kept, dropped = render_split(specs, counts[split], settings, pool, tmp / split / "manifest.jsonl")
             summary["pairs"][split] = sum(v for k, v in kept.items() if k.startswith("blend:"))
             summary["buckets"][split] = {b: kept[f"bucket:{b}"] for b in bucket_labels(edges)}

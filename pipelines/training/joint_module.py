@@ -47,7 +47,7 @@ from components import losses
 from components.inpainting import InpaintingConfig
 from components.metrics import area_ratio, coverage, mask_iou, psnr, ssim
 from components.segmenter import Segmenter, SegmenterConfig
-from components.selection import contact_probability, evaluation_mask, other_objects, training_mask
+from components.selection import evaluation_mask, offset_maps, other_objects, training_mask
 from pipelines.params import FinetuneJointParams
 from pipelines.training.inpainter_module import InpainterModule, LossWeights, OptimConfig
 from pipelines.training.segmenter_module import segmenter_terms
@@ -64,7 +64,7 @@ class JointConfig:
     mel_alpha: float = 0.03
     mel_weight: float = 1000.0  # lambda_X
     mel_reduction: Literal["mean", "sum"] = "mean"
-    contact_weight: float = 1.0  # the contact head's BCE in L_PS (when the segmenter has the head)
+    offset_weight: float = 1.0  # the offset head's L1 in L_PS (when the segmenter has the head)
     dice_weight: float = 0.0  # the target classes' soft Dice in L_PS
     map_gradient: bool = False  # the inpainting losses also reach the segmenter through the segmentation map
     # how the inpainting losses reach the mask: "composite", through the composite's whole-image L1 alone
@@ -85,7 +85,7 @@ def joint_config(section: FinetuneJointParams, target_classes: Sequence[int]) ->
     settings = {"mel_alpha": mel.alpha, "mel_weight": mel.weight, "mel_reduction": mel.reduction} if mel.enabled else {}
     return JointConfig(target_classes=tuple(target_classes), segmenter_lr=section.segmenter_lr,
                        segmentation_weight=section.segmentation_weight, margin=section.selection_margin,
-                       mel_enabled=mel.enabled, contact_weight=section.contact_weight,
+                       mel_enabled=mel.enabled, offset_weight=section.offset_weight,
                        dice_weight=section.dice_weight,
                        map_gradient=section.map_gradient, mask_gradient=section.mask_gradient,
                        composite_weight=section.composite_weight, spare_others=section.spare_others, **settings)
@@ -123,9 +123,9 @@ class JointModule(InpainterModule):
         """Steps 1-3 of the joint step, and the segmenter's own terms (L_PS, the unweighted L_X)."""
         j = self.joint
         # 1. segment
-        logits, contact = self.segmenter.segment(batch["image"])  # (B, K, H, W), (B, 1, H, W) or None
+        logits, offsets = self.segmenter.segment(batch["image"])  # (B, K, H, W), (B, 2, H, W) or None
         # 2. select the mask: binary forward, straight-through to m_hat
-        mask, m_hat, found = training_mask(logits, j.target_classes, batch["mask"], j.margin, contact,
+        mask, m_hat, found = training_mask(logits, j.target_classes, batch["mask"], j.margin, offsets,
                                            self._spared(batch))
         # 3. inpaint with it; the segmentation map they are given is the segmenter's, detached unless
         #    map_gradient: the inpainting losses then shape the segmenter through the mask alone
@@ -142,13 +142,13 @@ class JointModule(InpainterModule):
         if j.composite_weight:
             composite = fake["image"].detach() * mask + batch["image"] * (1 - mask)
             loss_c = losses.composite_l1(composite, batch["background"], batch["mask"])
-        loss_ps = self._loss_ps(logits, contact, batch)
+        loss_ps = self._loss_ps(logits, offsets, batch)
         return JointPass(mask, found, fake, loss_ps, loss_x, loss_c)
 
-    def _loss_ps(self, logits: torch.Tensor, contact: torch.Tensor | None, batch: dict) -> torch.Tensor:
+    def _loss_ps(self, logits: torch.Tensor, offsets: torch.Tensor | None, batch: dict) -> torch.Tensor:
         """L_PS with the joint stage's weights (segmenter_module.segmenter_terms)."""
         j = self.joint
-        return segmenter_terms(logits, contact, batch, j.contact_weight, j.dice_weight, j.target_classes)[0]
+        return segmenter_terms(logits, offsets, batch, j.offset_weight, j.dice_weight, j.target_classes)[0]
 
     def _spared(self, batch: dict) -> torch.Tensor | None:
         """The pixels m_hat leaves out with `spare_others`: the unpasted target-class objects of I."""
@@ -187,8 +187,8 @@ class JointModule(InpainterModule):
     # ----------------------------------------------------------------------------- validation
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         j, target, true_mask = self.joint, batch["background"], batch["mask"]
-        logits, contact = self.segmenter.segment(batch["image"])
-        mask = evaluation_mask(logits, j.target_classes, true_mask, contact_probability(contact))
+        logits, offsets = self.segmenter.segment(batch["image"])
+        mask = evaluation_mask(logits, j.target_classes, true_mask, offset_maps(offsets))
         fake = self._generate(batch, mask=mask, seg_in=logits.softmax(dim=1))
         metrics = {
             "val/psnr": psnr(fake["composite"], target).mean(),
@@ -198,10 +198,10 @@ class JointModule(InpainterModule):
             "val/mask_ratio": area_ratio(mask, true_mask).nanmean(),
             "val/mask_iou": mask_iou(mask, true_mask).mean(),
             "val/found": (mask.flatten(1).amax(1) > 0).float().mean(),
-            "val/loss_ps": self._loss_ps(logits, contact, batch),
+            "val/loss_ps": self._loss_ps(logits, offsets, batch),
         }
         if "sdf" in batch:
-            m_hat = training_mask(logits, j.target_classes, true_mask, j.margin, contact, self._spared(batch))[1]
+            m_hat = training_mask(logits, j.target_classes, true_mask, j.margin, offsets, self._spared(batch))[1]
             metrics["val/mel"] = losses.mask_expansion_loss(batch["sdf"], m_hat, j.mel_alpha, j.mel_reduction)
         self.log_dict(metrics, on_epoch=True, batch_size=len(mask), sync_dist=True)
         if batch_idx == 0:

@@ -1,11 +1,11 @@
 """Lightning step logic for pretraining the segmenter: L_PS, metrics, a sample grid per validation.
 
 L_PS is the per-pixel cross entropy plus `dice_weight` x the target classes' soft Dice and, when the
-segmenter has a contact head, `contact_weight` x the head's binary cross entropy on the contact band
+segmenter has the offset head, `offset_weight` x the head's L1 to the instances' centers
 (components.instances). Validation reports the pixel
 accuracy, the IoU of the target classes' pixels, and the quantity the method cares about: the IoU with
 `M_G` of the predicted target-class instance that overlaps `M_G` most (the selection rule of end-to-end
-training), instances cut along the contact band.
+training), instances split by the offset head.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Literal
 import lightning as L
 import torch
 
-from components.losses import contact_loss, segmentation_loss, target_dice_loss
+from components.losses import offset_loss, segmentation_loss, target_dice_loss
 from components.metrics import mask_iou
 from components.segmenter import Segmenter, SegmenterConfig
-from components.selection import contact_probability, evaluation_mask
+from components.selection import evaluation_mask, offset_maps
 from pipelines.params import NetworksParams
 from pipelines.training.schedule import CosineToZero
 from pipelines.training.visuals import colorize, grid_image, log_grid
@@ -34,16 +34,11 @@ def segmenter_config(networks: NetworksParams, num_classes: int) -> SegmenterCon
     return SegmenterConfig(num_classes=num_classes, **networks.segmenter.model_dump())
 
 
-# band pixels count twice: ~2.6 % of the supervised pixels with the pairs' instance maps (the whole photo),
-# ~1/5 without (the window around M_G); 2 is what benchmarks/results/segmenter_recipes.json measured
-CONTACT_POS_WEIGHT = 2.0
-
-
-def segmenter_terms(logits: torch.Tensor, contact: torch.Tensor | None, batch: dict, contact_weight: float,
+def segmenter_terms(logits: torch.Tensor, offsets: torch.Tensor | None, batch: dict, offset_weight: float,
                     dice_weight: float = 0.0, target_classes: Sequence[int] = ()
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L_PS = cross entropy (+ dice_weight x the target classes' soft Dice, + contact_weight x the contact
-    head's BCE) and its parts, for logging."""
+    """L_PS = cross entropy (+ dice_weight x the target classes' soft Dice, + offset_weight x the offset
+    head's L1) and its parts, for logging."""
     ce = segmentation_loss(logits, batch["seg"])
     loss, logs = ce, {"ce": ce.detach()}
     if dice_weight and not target_classes:
@@ -51,20 +46,20 @@ def segmenter_terms(logits: torch.Tensor, contact: torch.Tensor | None, batch: d
     if dice_weight:
         dice = target_dice_loss(logits, batch["seg"], target_classes)
         loss, logs["dice"] = loss + dice_weight * dice, dice.detach()
-    if contact is not None:
-        band = contact_loss(contact, batch["contact"], batch["contact_weight"], CONTACT_POS_WEIGHT)
-        loss, logs["contact"] = loss + contact_weight * band, band.detach()
+    if offsets is not None:
+        votes = offset_loss(offsets, batch["offsets"], batch["offset_weight"])
+        loss, logs["offsets"] = loss + offset_weight * votes, votes.detach()
     return loss, logs
 
 
 class SegmenterModule(L.LightningModule):
     def __init__(self, config: SegmenterConfig, target_classes: list[int], lr: float, weight_decay: float,
-                 schedule: Literal["constant", "cosine"] = "constant", contact_weight: float = 1.0,
+                 schedule: Literal["constant", "cosine"] = "constant", offset_weight: float = 1.0,
                  dice_weight: float = 0.0):
         super().__init__()
         self.save_hyperparameters({"config": asdict(config), "target_classes": target_classes, "lr": lr,
                                    "weight_decay": weight_decay, "schedule": schedule,
-                                   "contact_weight": contact_weight, "dice_weight": dice_weight})
+                                   "offset_weight": offset_weight, "dice_weight": dice_weight})
         self.net = Segmenter(config)
         self.target_classes = target_classes
         self._sample: dict | None = None
@@ -72,28 +67,28 @@ class SegmenterModule(L.LightningModule):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image)
 
-    def _terms(self, logits: torch.Tensor, contact: torch.Tensor | None, batch: dict
+    def _terms(self, logits: torch.Tensor, offsets: torch.Tensor | None, batch: dict
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         hp = self.hparams
-        return segmenter_terms(logits, contact, batch, hp["contact_weight"], hp.get("dice_weight", 0.0),
+        return segmenter_terms(logits, offsets, batch, hp["offset_weight"], hp.get("dice_weight", 0.0),
                                self.target_classes)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        logits, contact = self.net.segment(batch["image"])
-        loss, logs = self._terms(logits, contact, batch)
+        logits, offsets = self.net.segment(batch["image"])
+        loss, logs = self._terms(logits, offsets, batch)
         accuracy = (logits.argmax(1) == batch["seg"]).float().mean()
         self.log_dict({"train/loss": loss, "train/pixel_acc": accuracy, **{f"train/{k}": v for k, v in logs.items()}},
                       on_step=True, on_epoch=True, batch_size=len(logits), sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        logits, contact = self.net.segment(batch["image"])
+        logits, offsets = self.net.segment(batch["image"])
         labels = logits.argmax(1)
         target = torch.isin(batch["seg"], torch.tensor(self.target_classes, device=labels.device))
         predicted = torch.isin(labels, torch.tensor(self.target_classes, device=labels.device))
-        selected = evaluation_mask(logits, self.target_classes, batch["mask"], contact_probability(contact))
+        selected = evaluation_mask(logits, self.target_classes, batch["mask"], offset_maps(offsets))
         metrics = {
-            "val/loss": self._terms(logits, contact, batch)[0],
+            "val/loss": self._terms(logits, offsets, batch)[0],
             "val/pixel_acc": (labels == batch["seg"]).float().mean(),
             "val/target_iou": mask_iou(predicted[:, None].float(), target[:, None].float()).mean(),
             "val/mask_iou": mask_iou(selected, batch["mask"]).mean(),

@@ -41,6 +41,18 @@ def test_items(pairs):
     assert any(not torch.equal(dataset[i]["image"], epoch0[i]) for i in range(len(dataset)))
 
 
+def test_the_pasted_object_is_labelled_on_every_pixel_of_m_g_at_the_working_size(pairs):
+    """The pairs label every changed pixel (synthesize.label_alpha 0.1): resized to the working size like
+    M_G (any weight), S of I is the pasted person on every pixel of the resized M_G, and so is the
+    instance map's pasted instance (the segmenter learns to select what has to be filled)."""
+    config, _, targets = pairs_config(pairs, 32, 1.0, seed=0, offsets=True)
+    dataset = PairsDataset(config, "train", augment=False)
+    for index in range(len(dataset)):
+        item = dataset[index]
+        inside = item["mask"][0] > 0
+        assert (item["seg"][inside] == targets[0]).all()
+
+
 def test_random_masks_replace_the_object(pairs):
     config, _, _ = pairs_config(pairs, 32, 1.0, seed=0)
     dataset = PairsDataset(config, "train", augment=False, mask_source="random")
@@ -71,29 +83,30 @@ def test_object_pairs_draw_the_object_items_from_the_first_n_pairs(pairs):
         PairsDataset(config, "train", augment=False, object_pairs=999)
 
 
-def test_the_contact_target_covers_the_whole_photo_where_the_instances_are_kept(pairs, tmp_path):
-    """With the background's instance map the contact target marks every pair of touching instances (the
-    pasted object is one) and is supervised everywhere; pairs without the map (a label-map dataset) fall
-    back to M_G's contacts, supervised near it."""
+def test_the_offset_target_covers_every_instance_where_the_instances_are_kept(pairs, tmp_path):
+    """With the pairs' instance maps every thing pixel but the crowds is supervised, each instance's votes
+    (position + offset) all landing on one point, its center, also after a flip; pairs without the maps
+    (a label-map dataset) fall back to M_G's own offsets, supervised on M_G only."""
     import json
     import shutil
 
     import numpy as np
 
-    from components.instances import contact_target
+    from components.instances import pasted_offsets
 
-    config, _, _ = pairs_config(pairs, 32, 1.0, seed=0, contact_band=1)
-    touching = 0
-    for augment in (False, True):  # flipped with the image: the band stays on thing pixels
+    config, _, _ = pairs_config(pairs, 32, 1.0, seed=0, offsets=True)
+    ys, xs = np.mgrid[0:32, 0:32]
+    for augment in (False, True):
         dataset = PairsDataset(config, "train", augment=augment)
         for index in range(len(dataset)):
             item = dataset[index]
-            crowd = item["contact_weight"][0] == 0  # unsupervised only on crowds, which are things
-            assert set(item["seg"][crowd].tolist()) <= set(config.thing_classes)
-            on = item["contact"][0] > 0
-            assert set(item["seg"][on].tolist()) <= set(config.thing_classes)
-            touching += bool(on.any())
-    assert touching > 0
+            supervised = item["offset_weight"][0].numpy() > 0
+            assert set(item["seg"][torch.from_numpy(supervised)].tolist()) <= set(config.thing_classes)
+            assert supervised.any()
+            offsets = item["offsets"].numpy()
+            votes = np.stack([ys + offsets[0], xs + offsets[1]])[:, supervised]  # (2, pixels)
+            centers = np.unique(np.round(votes, 3), axis=1)
+            assert centers.shape[1] < supervised.sum() / 4  # a few points: one per instance
     bare = tmp_path / "bare"  # the same pairs without their instance maps
     shutil.copytree(pairs, bare)
     manifest = bare / "train" / "manifest.jsonl"
@@ -101,8 +114,8 @@ def test_the_contact_target_covers_the_whole_photo_where_the_instances_are_kept(
     for record in records:
         del record["files"]["instances"], record["files"]["bg_instances"]
     manifest.write_text("".join(json.dumps(r) + "\n" for r in records))
-    item = PairsDataset(pairs_config(str(bare), 32, 1.0, seed=0, contact_band=1)[0], "train", augment=False)[0]
-    target, weight = contact_target(item["mask"][0].numpy() > 0, item["seg"].numpy(), config.thing_classes, 1)
-    assert np.array_equal(item["contact"][0].numpy(), target)
-    assert np.array_equal(item["contact_weight"][0].numpy(), weight)
-    assert item["contact_weight"].min() == 0
+    item = PairsDataset(pairs_config(str(bare), 32, 1.0, seed=0, offsets=True)[0], "train", augment=False)[0]
+    target, weight = pasted_offsets(item["mask"][0].numpy() > 0)
+    assert np.array_equal(item["offsets"].numpy(), target)
+    assert np.array_equal(item["offset_weight"][0].numpy(), weight)
+    assert np.array_equal(weight > 0, item["mask"][0].numpy() > 0)

@@ -165,14 +165,14 @@ def test_configs_equal_their_params_sections(tiny, build):
         "target_classes": joint.module.joint.target_classes, "segmenter_lr": j.segmenter_lr,
         "segmentation_weight": j.segmentation_weight, "margin": j.selection_margin, "mel_enabled": mel.enabled,
         "mel_alpha": mel.alpha, "mel_weight": mel.weight, "mel_reduction": mel.reduction,
-        "contact_weight": j.contact_weight, "dice_weight": j.dice_weight, "map_gradient": j.map_gradient,
+        "offset_weight": j.offset_weight, "dice_weight": j.dice_weight, "map_gradient": j.map_gradient,
         "mask_gradient": j.mask_gradient, "composite_weight": j.composite_weight, "spare_others": j.spare_others}
     assert asdict(joint.module.optim_config)["schedule"] == j.schedule
     assert joint.data.config.sdf_normalization == mel.normalization
-    assert joint.data.config.contact_band == params.networks.segmenter.contact_band > 0
+    assert joint.data.config.offsets is params.networks.segmenter.offsets is True
     segmenter = pretrain_segmenter.build(params)
-    assert segmenter.module.net.contact is not None and segmenter.data.config.contact_band == 1
-    assert segmenter.module.hparams["contact_weight"] == params.pretrain_segmenter.contact_weight
+    assert segmenter.module.net.offsets is not None and segmenter.data.config.offsets
+    assert segmenter.module.hparams["offset_weight"] == params.pretrain_segmenter.offset_weight
     assert segmenter.module.hparams["dice_weight"] == params.pretrain_segmenter.dice_weight
 
 

@@ -52,12 +52,31 @@ def test_pairs_are_complete_and_consistent(coco_params):
         assert bg_ids.dtype == ids.dtype == np.uint16  # cropped and flipped with the labels: on their thing pixels
         assert np.array_equal(bg_ids > 0, np.isin(bg_seg, [1, 2])) and np.array_equal(ids > 0, np.isin(seg, [1, 2]))
         pasted = ids == ids[ids != CROWD].max()  # the pasted person, one more instance, where S labels it
-        assert np.array_equal(ids[~pasted], bg_ids[~pasted]) and (pasted <= mask).all() and (seg[pasted] == 1).all()
+        assert np.array_equal(ids[~pasted], bg_ids[~pasted]) and (seg[pasted] == 1).all()
+        assert np.array_equal(pasted, mask)  # label_alpha 0.1 (params.yaml): every pixel the paste changed
         assert record["object"]["category"] == "person"
         modes.add(record["blend"])
     assert modes == {"none", "gaussian", "poisson", "motion_blur"}
     assert sum(summary["buckets"]["train"].values()) == 16
     assert all(summary["buckets"]["train"][b] >= 2 for b in ("0-10", "10-20", "20-30", "30-40"))
+
+
+def test_label_alpha_leaves_the_faint_edge_out_of_the_labels(tmp_path, tiny_coco):
+    """At label_alpha 0.5 S and the instance map label the pasted object's core only: inside M_G, and short
+    of it on the feathered and blurred edges (M_G still holds every changed pixel)."""
+    raw = tiny_params_raw(tmp_path, tiny_coco)
+    raw["synthesize"]["label_alpha"] = 0.5
+    params = parse_params(raw)
+    run(params)
+    pairs, short = Path(params.paths.pairs), 0
+    for record in _records(pairs):
+        split_dir = pairs / record["split"]
+        mask = cv2.imread(str(split_dir / record["files"]["masks"]), cv2.IMREAD_UNCHANGED) > 0
+        ids = cv2.imread(str(split_dir / record["files"]["instances"]), cv2.IMREAD_UNCHANGED)
+        pasted = ids == ids[ids != CROWD].max()
+        assert (pasted <= mask).all()
+        short += record["blend"] in ("gaussian", "motion_blur") and (pasted < mask).any()
+    assert short > 0
 
 
 def test_splits_share_no_source_image(coco_params):
