@@ -31,7 +31,9 @@ VARIANTS = {
     "dice_1": ["pretrain_segmenter.dice_weight=1"],
     "dice_1_seed1": ["pretrain_segmenter.dice_weight=1", "pretrain_segmenter.seed=1"],
     "dice_0": ["pretrain_segmenter.dice_weight=0"],
-    "offset_10": ["pretrain_segmenter.offset_weight=10"],
+    "offset_3": ["pretrain_segmenter.offset_weight=3"],
+    "offset_3_seed1": ["pretrain_segmenter.offset_weight=3", "pretrain_segmenter.seed=1"],
+    "offset_0.3": ["pretrain_segmenter.offset_weight=0.3"],
     "no_offsets": ["networks.segmenter.offsets=false"],
 }
 
