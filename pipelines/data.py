@@ -136,15 +136,22 @@ class PairsDataset(Dataset):
         return np.ascontiguousarray(array[..., ::-1]) if kind == "rgb" else array
 
     def _pasted_object(self, files: dict, known: bool) -> tuple[np.ndarray, int | None]:
-        """Where S of I labels the pasted object, at the working resolution and resized like M_G (any
-        weight), so that S covers what M_G covers when the synthesis labelled every pixel the paste
-        changed (synthesize.label_alpha); and its number in the instance map (None without one)."""
+        """Where S of I labels the pasted object, at the working resolution, and its number in the instance
+        map (None without one). Labels that cover all of M_G (synthesize.label_alpha 0.1: every pixel the
+        paste changed) are resized like M_G (any weight), so that they still cover it; labels of the
+        object's core alone (0.5) are resized as labels are (nearest)."""
         if known:
             instances = self._read_raw(files["instances"], "labels")
             number = int(instances[instances != CROWD].max(initial=0))
-            return self._resize_mask(instances == number), number
-        seg, bg_seg = self._read_raw(files["segs"], "labels"), self._read_raw(files["bg_segs"], "labels")
-        return self._resize_mask(seg != bg_seg), None
+            pasted = instances == number
+        else:
+            pasted = self._read_raw(files["segs"], "labels") != self._read_raw(files["bg_segs"], "labels")
+            number = None
+        if np.array_equal(pasted, self._read_raw(files["masks"], "mask") > 127):
+            return self._resize_mask(pasted), number
+        size = self.config.image_size
+        nearest = cv2.resize(pasted.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+        return nearest, number
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         source = index % self.object_pairs if self.object_pairs and self.mask_source == "object" else index
