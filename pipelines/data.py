@@ -66,6 +66,7 @@ class PairsConfig:
     background_share: float = 0.0  # training items shown as the bare I_G (its own labels, an empty mask)
     thing_classes: tuple[int, ...] = ()  # contiguous indices of the thing (object) classes
     offsets: bool = False  # items carry the offset head's target
+    labels_cover_mask: bool = False  # S labels the pasted object on all of M_G (summary.json: label_alpha <= 0.1)
 
 
 def read_categories(pairs_root: str | Path) -> list[dict]:
@@ -147,7 +148,7 @@ class PairsDataset(Dataset):
         else:
             pasted = self._read_raw(files["segs"], "labels") != self._read_raw(files["bg_segs"], "labels")
             number = None
-        if np.array_equal(pasted, self._read_raw(files["masks"], "mask") > 127):
+        if self.config.labels_cover_mask:
             return self._resize_mask(pasted), number
         size = self.config.image_size
         nearest = cv2.resize(pasted.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
@@ -255,9 +256,11 @@ def pairs_config(
     class_ids = tuple(c["id"] for c in categories)
     targets = [class_ids.index(cid) + 1 for cid in summary["target_category_ids"]]
     things = tuple(i + 1 for i, c in enumerate(categories) if c.get("isthing", True))
+    cover = bool(summary.get("labels_cover_mask", False))  # every pixel the paste changed is labelled
     config = PairsConfig(root=pairs_root, image_size=image_size, class_ids=class_ids,
                          bucket_edges=tuple(summary["bucket_edges"]), canny_sigma=canny_sigma, seed=seed,
-                         sdf_normalization=sdf_normalization, thing_classes=things, offsets=offsets)
+                         sdf_normalization=sdf_normalization, thing_classes=things, offsets=offsets,
+                         labels_cover_mask=cover)
     return config, categories, targets
 
 

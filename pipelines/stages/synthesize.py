@@ -20,7 +20,7 @@ import numpy as np
 
 from components.buckets import bucket_labels
 from components.coco import DatasetError
-from components.copy_paste import PasteConfig
+from components.copy_paste import ALPHA_FLOOR, PasteConfig
 from pipelines.common import (
     atomic_dir,
     params_hash,
@@ -81,6 +81,8 @@ def run(params: Params) -> dict:
             target_category_ids=sources.target_ids,
             image_size=cfg.image_size,
             bucket_edges=edges,
+            label_alpha=cfg.label_alpha,
+            labels_cover_mask=cfg.label_alpha <= ALPHA_FLOOR,  # the training data resizes such labels like M_G
             files={k: v for k, v in PAIR_FILES.items() if params.dataset.segmentation != "label_maps"
                    or "instances" not in k},
             params_hash=params_hash(cfg),
