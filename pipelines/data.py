@@ -64,7 +64,6 @@ class PairsConfig:
     seed: int = 0
     sdf_normalization: SdfNormalization | None = None  # set: items carry phi of M_G as "sdf"
     background_share: float = 0.0  # training items shown as the bare I_G (its own labels, an empty mask)
-    thing_classes: tuple[int, ...] = ()  # contiguous indices of the thing (object) classes
     offsets: bool = False  # items carry the offset head's target
     labels_cover_mask: bool = False  # S labels the pasted object on all of M_G (summary.json: label_alpha <= 0.1)
 
@@ -176,9 +175,10 @@ class PairsDataset(Dataset):
             mask = self._read(files["masks"], "mask")
             pasted, number = self._pasted_object(files, known)
             category = self.records[source]["object"]["category_id"]
-            seg = np.where((pasted > 0) & (mask > 0), category, bg_seg).astype(bg_seg.dtype)  # S == S_G outside M_G
+            labelled = (pasted > 0) & (mask > 0)
+            seg = np.where(labelled, category, bg_seg).astype(bg_seg.dtype)  # S == S_G outside M_G
             if known:  # I's instances: the background's, the pasted object one more
-                instances = np.where((pasted > 0) & (mask > 0), number, instances).astype(instances.dtype)
+                instances = np.where(labelled, number, instances).astype(instances.dtype)
         if self.augment:
             self.transform.set_random_seed(int(rng.integers(2**31)))
             out = self.transform(image=image, background=background, mask=mask, seg=seg, bg_seg=bg_seg,
@@ -255,11 +255,10 @@ def pairs_config(
     summary = json.loads(summary_path.read_text())
     class_ids = tuple(c["id"] for c in categories)
     targets = [class_ids.index(cid) + 1 for cid in summary["target_category_ids"]]
-    things = tuple(i + 1 for i, c in enumerate(categories) if c.get("isthing", True))
     cover = bool(summary.get("labels_cover_mask", False))  # every pixel the paste changed is labelled
     config = PairsConfig(root=pairs_root, image_size=image_size, class_ids=class_ids,
                          bucket_edges=tuple(summary["bucket_edges"]), canny_sigma=canny_sigma, seed=seed,
-                         sdf_normalization=sdf_normalization, thing_classes=things, offsets=offsets,
+                         sdf_normalization=sdf_normalization, offsets=offsets,
                          labels_cover_mask=cover)
     return config, categories, targets
 
