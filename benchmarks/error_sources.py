@@ -29,6 +29,23 @@ sys.path.insert(0, str(REPO))
 PARTS = ("left", "neighbours", "over", "inside")
 
 
+def workspace(params_file: str):
+    """What the evaluate stage scores, from the workspace: (params, its models (stage evaluate's
+    load_models), a loader of the evaluation split's pairs in batches of 50 with their buckets, the target
+    classes, the Canny sigma)."""
+    from torch.utils.data import DataLoader
+
+    from pipelines.data import WithBuckets, pairs_config
+    from pipelines.params import load_params
+    from pipelines.stages.evaluate import load_models
+
+    params = load_params(params_file)
+    sigma = params.pretrain_inpainter.canny_sigma
+    config, _, targets = pairs_config(params.paths.pairs, params.networks.image_size, sigma, 0)
+    loader = DataLoader(WithBuckets(config, params.evaluate.split, augment=False), batch_size=50)
+    return params, load_models(params), loader, targets, sigma
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default=str(REPO / "params.yaml"))
@@ -36,20 +53,12 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from torch.utils.data import DataLoader
 
     from components.metrics import psnr
     from components.selection import evaluation_mask
     from pipelines import evaluation
-    from pipelines.data import WithBuckets, pairs_config
-    from pipelines.params import load_params
-    from pipelines.stages.evaluate import load_models
 
-    params = load_params(args.params)
-    models = load_models(params)
-    sigma = params.pretrain_inpainter.canny_sigma
-    config, _, targets = pairs_config(params.paths.pairs, params.networks.image_size, sigma, 0)
-    loader = DataLoader(WithBuckets(config, params.evaluate.split, augment=False), batch_size=50)
+    params, models, loader, targets, sigma = workspace(args.params)
     sums: dict[str, dict[str, float]] = {}
     bounds: dict[str, list[float]] = {}
     pairs = 0

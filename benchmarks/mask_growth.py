@@ -33,21 +33,14 @@ def main() -> None:
 
     import numpy as np
     import torch
-    from torch.utils.data import DataLoader
 
+    from benchmarks.error_sources import workspace
     from components.masks import dilate_mask
     from components.metrics import area_ratio, clean_removal, coverage, leftover_share, psnr, visible_change
-    from components.selection import evaluation_mask, target_probability
+    from components.selection import evaluation_mask
     from pipelines import evaluation
-    from pipelines.data import WithBuckets, pairs_config
-    from pipelines.params import load_params
-    from pipelines.stages.evaluate import load_models
 
-    params = load_params(args.params)
-    models = load_models(params)
-    sigma = params.pretrain_inpainter.canny_sigma
-    config, _, targets = pairs_config(params.paths.pairs, params.networks.image_size, sigma, 0)
-    loader = DataLoader(WithBuckets(config, params.evaluate.split, augment=False), batch_size=50)
+    params, models, loader, targets, sigma = workspace(args.params)
     share = params.evaluate.clean_share
     visible_at = params.evaluate.visible_threshold / 255
     rows: list[dict] = []
@@ -61,7 +54,7 @@ def main() -> None:
                     continue
                 probs, offsets = evaluation.segment(models[name], image)
                 selected = evaluation_mask(probs, targets, true, offsets)[:, 0].numpy() > 0.5
-                p_target = target_probability(probs.log(), targets)[:, 0].numpy()
+                p_target = probs[:, targets].sum(1).numpy()  # (B, H, W): any target class
                 others = np.isin(probs.argmax(1).numpy(), targets) & ~selected  # the other target instances
                 variants = {"plain": selected,
                             "dilate_1": np.stack([dilate_mask(s, 1) for s in selected])}
