@@ -9,7 +9,10 @@ argmax map, split by the *offset head* (components.instances): with `offsets` th
 1x1 head giving, per pixel, the offset (dy, dx) in pixels to the center of the object it belongs to, so
 two touching people, whose pixels vote for two centers, are two instances, not one component.
 
-Spatial sizes must be multiples of 2**depth.
+With `image_size` set, the network works at that resolution whatever the input's: a larger input is
+shrunk to it (area averaging) and the logits and offsets are scaled back up to the input's size
+(bilinear), so the joint model can segment at 64 px and inpaint at 128 px and every consumer of the
+segmenter still gets maps of the image it passed. The working size must be a multiple of 2**depth.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class SegmenterConfig:
     width: int = 32
     depth: int = 3
     offsets: bool = False  # the offset head: per pixel, (dy, dx) to its object's center
+    image_size: int | None = None  # working resolution (None: the input's own, which then must fit the depth)
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -46,7 +50,7 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 class Segmenter(nn.Module):
     """(B, 3, H, W) RGB in [0, 1] -> (B, num_classes, H, W) logits (`forward`), and with the offset
-    head also (B, 2, H, W) offsets in pixels (`segment`)."""
+    head also (B, 2, H, W) offsets in pixels of the input (`segment`), computed at `config.image_size`."""
 
     def __init__(self, config: SegmenterConfig):
         super().__init__()
@@ -63,7 +67,9 @@ class Segmenter(nn.Module):
 
     def segment(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(class logits (B, K, H, W), offsets (B, 2, H, W) in px or None without the head)."""
-        x = self.stem(image - 0.5)
+        size, work = tuple(image.shape[-2:]), self.config.image_size
+        resized = work is not None and size != (work, work)
+        x = self.stem((F.interpolate(image, size=(work, work), mode="area") if resized else image) - 0.5)
         skips = [x]
         for block in self.down:
             x = block(F.max_pool2d(x, 2))
@@ -73,9 +79,12 @@ class Segmenter(nn.Module):
             skip = skips.pop()
             up = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = block(torch.cat([up, skip], 1))
-        if self.offsets is None:
-            return self.head(x), None
-        return self.head(x), self.offsets(x) * offset_unit(image.shape[-1])
+        logits = self.head(x)
+        votes = None if self.offsets is None else self.offsets(x)  # in units of offset_unit: any resolution's
+        if resized:
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            votes = None if votes is None else F.interpolate(votes, size=size, mode="bilinear", align_corners=False)
+        return logits, None if votes is None else votes * offset_unit(size[-1])
 
 
 def instances_from_labels(labels: np.ndarray, classes: list[int], min_area: int = 1,

@@ -137,6 +137,15 @@ class SegmenterNet(Section):
     width: PositiveInt  # channels of the first U-Net level (doubles per level)
     depth: PositiveInt  # number of downsamplings; image sizes must be multiples of 2**depth
     offsets: bool  # the offset head: per pixel, (dy, dx) to its object's center; splits touching things
+    # the segmenter's own working resolution: it is pretrained at this size, and inside the joint model it sees
+    # the image shrunk to it (area) and its outputs are scaled back up (bilinear) to networks.image_size
+    image_size: Annotated[int, Field(ge=8, le=2048)]
+
+    @model_validator(mode="after")
+    def _fits_depth(self) -> SegmenterNet:
+        if self.image_size % 2**self.depth:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of 2**depth = {2**self.depth}")
+        return self
 
 
 class InpainterNet(Section):
@@ -157,9 +166,17 @@ class InpainterNet(Section):
 class NetworksParams(Section):
     """Shared by pretraining and joint fine-tuning, so checkpoints fit each other."""
 
-    image_size: Annotated[int, Field(ge=16, le=2048, multiple_of=8)]  # working resolution of the networks
+    image_size: Annotated[int, Field(ge=16, le=2048, multiple_of=8)]  # the inpainters' (and the model's) resolution
     segmenter: SegmenterNet
     inpainter: InpainterNet
+
+    @model_validator(mode="after")
+    def _segmenter_divides(self) -> NetworksParams:
+        if self.image_size % self.segmenter.image_size:
+            raise ValueError(f"networks.segmenter.image_size {self.segmenter.image_size} must divide "
+                             f"networks.image_size {self.image_size}: the segmenter sees the image shrunk by a whole "
+                             "factor")
+        return self
 
 
 # Lightning's precision, or `auto`: bf16-mixed where the device computes bf16 natively (a CPU with AVX512-BF16

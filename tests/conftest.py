@@ -243,7 +243,7 @@ def tiny_training_raw(tmp: Path) -> dict:
     raw["synthesize"].update(image_size=32, pairs={"train": 16, "val": 8, "test": 4})
     raw["paths"].update(segmenter=str(tmp / "models" / "segmenter"), inpainter=str(tmp / "models" / "inpainter"),
                         joint=str(tmp / "models" / "joint"), joint_ablation=str(tmp / "models" / "joint_ablation"))
-    raw["networks"] = {"image_size": 32, "segmenter": {"width": 8, "depth": 2, "offsets": True},
+    raw["networks"] = {"image_size": 32, "segmenter": {"width": 8, "depth": 2, "offsets": True, "image_size": 16},
                        "inpainter": {"width": 8, "residual_blocks": 1, "dilation": 2, "discriminator_width": 8,
                                      "hole_fill": "smooth", "image_head": "residual01"}}
     raw["trainer"].update(num_workers=0, log_every_n_steps=1)

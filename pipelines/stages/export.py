@@ -9,6 +9,8 @@ serving without PyTorch. Two graphs, both float32 NCHW with RGB in [0, 1]:
 
 `S` is the working resolution (`networks.image_size`) and is fixed in the graphs: the smooth hole
 fill's pyramid has one level per halving of the size, so the exported graph holds the levels of `S`.
+The segmenter graph shrinks the image to its own resolution (`networks.segmenter.image_size`, area
+averaging) and scales its maps back up to `S` (bilinear) inside, as the PyTorch model does.
 The batch is dynamic. `offsets` (per pixel, dy and dx in pixels to its object's center) is an output only
 when the segmenter has the offset head (`networks.segmenter.offsets`). The edges (Canny), the
 choice of the instances and the composite stay outside the graphs, in the shared inference path

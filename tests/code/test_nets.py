@@ -30,6 +30,25 @@ def test_segmenter_shapes():
     assert logits.shape == (3, K, 32, 48) and torch.isfinite(logits).all()
 
 
+def test_segmenter_at_its_own_resolution_answers_at_the_inputs():
+    """With image_size 16, a 32-px input is segmented at 16 px: the maps come back at 32 px, equal to
+    the net run on the area-shrunk image and scaled up, offsets in the input's pixels (twice the 16-px ones)."""
+    torch.manual_seed(0)
+    net = Segmenter(SegmenterConfig(K, width=8, depth=2, offsets=True, image_size=16)).eval()
+    image = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        logits, offsets = net.segment(image)
+        small_logits, small_offsets = net.segment(torch.nn.functional.avg_pool2d(image, 2))
+    assert logits.shape == (2, K, 32, 32) and offsets.shape == (2, 2, 32, 32)
+    assert small_logits.shape == (2, K, 16, 16)  # an input at the working size is not resized
+    up = torch.nn.functional.interpolate(small_logits, size=(32, 32), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(logits, up)
+    up = torch.nn.functional.interpolate(small_offsets, size=(32, 32), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(offsets, 2 * up)
+    net(image).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.head.parameters())
+
+
 @pytest.mark.parametrize(("head", "low", "high"), [("sigmoid", 0, 1), ("tanh01", 0, 1), ("logits", -np.inf, np.inf)])
 def test_generator_heads(head, low, high):
     net = Generator(GeneratorConfig(4, 3, head, width=8, residual_blocks=2, dilation=2))

@@ -76,7 +76,9 @@ def _changed(key: str, value):
     if isinstance(value, bool):
         return not value
     if key == "networks.image_size":
-        return value + 8  # a multiple of 8
+        return 2 * value  # a multiple of 8 that the segmenter's size still divides
+    if key == "networks.segmenter.image_size":
+        return value // 2  # still a multiple of 2**depth that divides networks.image_size
     if isinstance(value, int):
         return value + 1
     if isinstance(value, float):

@@ -28,7 +28,7 @@ def train(folder: Path) -> Path:
                              label_alpha=0.5)
     # no offset head, no Dice term, the labels' old threshold and the map path on: this model stays the one
     # the behaviour tests' floors were set on (scenes with at most one person need no instance split)
-    raw["networks"] = {"image_size": 48, "segmenter": {"width": 16, "depth": 3, "offsets": False},
+    raw["networks"] = {"image_size": 48, "segmenter": {"width": 16, "depth": 3, "offsets": False, "image_size": 48},
                        "inpainter": {"width": 8, "residual_blocks": 2, "dilation": 2, "discriminator_width": 8,
                                      "hole_fill": "smooth", "image_head": "residual01"}}
     raw["trainer"].update(num_workers=0)
