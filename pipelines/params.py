@@ -110,6 +110,7 @@ class SynthesizeParams(Section):
     min_object_area: PositiveInt  # source annotations below this many pixels are skipped
     max_upscale: Annotated[float, Field(ge=1.0)]  # largest enlargement of a source object
     max_outside: Annotated[float, Field(ge=0.0, lt=1.0)]  # share of an object allowed off-frame
+    min_visible_share: Fraction  # of M_G that must differ visibly from the background, else re-drawn
     blending: dict[BlendMode, Annotated[float, Field(ge=0.0)]]
     feather_sigma: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]]
     motion_blur_length: tuple[Annotated[int, Field(ge=2)], Annotated[int, Field(ge=2)]]

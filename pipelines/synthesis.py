@@ -205,7 +205,7 @@ def render_pair(spec: PairSpec, settings: RenderSettings) -> dict:
         "mask_ratio": round(ratio, 6),
         "target_ratio": round(spec.target_ratio, 6),
         "bucket": bucket_of(ratio, list(settings.bucket_edges)),
-        "blend": spec.mode,
+        "blend": pasted.mode,  # `none` where the drawn mode hid the object (copy_paste)
         "scale": round(pasted.scale, 4),
     }
 

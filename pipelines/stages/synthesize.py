@@ -55,7 +55,7 @@ def run(params: Params) -> dict:
     paste_config = PasteConfig(
         size=cfg.image_size, min_mask_ratio=cfg.min_mask_ratio, max_mask_ratio=edges[-1], max_upscale=cfg.max_upscale,
         max_outside=cfg.max_outside, feather_sigma=tuple(cfg.feather_sigma),
-        motion_blur_length=tuple(cfg.motion_blur_length),
+        motion_blur_length=tuple(cfg.motion_blur_length), min_visible_share=cfg.min_visible_share,
     )
     summary: dict = {"pairs": {}, "buckets": {}, "blend": {}, "dropped_pairs": {}}
     out = Path(params.paths.pairs)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from components.buckets import bucket_labels, bucket_of
 from components.coco import mask_bbox
-from components.copy_paste import BLEND_MODES, PasteConfig, blend, cut_object, fit_background, paste
+from components.copy_paste import BLEND_MODES, PasteConfig, blend, cut_object, fit_background, paste, visible_share
 
 SIZE = 64
 CONFIG = PasteConfig(size=SIZE, min_mask_ratio=0.005, max_mask_ratio=0.4, max_upscale=4.0, max_outside=0.3,
@@ -154,3 +156,25 @@ def test_poisson_on_a_sliver_pastes_it_as_it_is(width):
     assert mask.sum() == 30 * width
     np.testing.assert_array_equal(image[mask], np.round(canvas[mask]).astype(np.uint8))
     np.testing.assert_array_equal(image[~mask], background[~mask])
+
+
+def test_a_flat_poisson_paste_on_flat_ground_vanishes_and_is_redrawn():
+    """seamlessClone keeps only the object's gradients: a flat object on a flat background comes out as the
+    background. With min_visible_share such a placement is re-drawn; where none can show (here), the object is
+    pasted hard and the pair says so."""
+    background = np.full((SIZE, SIZE, 3), 120, np.uint8)
+    obj, obj_mask = np.full((20, 8, 3), 250, np.uint8), np.ones((20, 8), bool)
+    vanished = paste(background, obj, obj_mask, 0.05, "poisson", CONFIG, np.random.default_rng(0))
+    assert vanished.mode == "poisson" and visible_share(vanished.image, background, vanished.mask) < 0.1
+    shown = paste(background, obj, obj_mask, 0.05, "poisson", replace(CONFIG, min_visible_share=0.5),
+                  np.random.default_rng(0))
+    assert shown.mode == "none" and visible_share(shown.image, background, shown.mask) == 1.0
+    assert (shown.image != background).any(axis=-1).sum() == shown.mask.sum()  # I == I_G outside M_G still
+
+
+def test_a_poisson_paste_that_shows_keeps_its_mode():
+    rng = np.random.default_rng(1)
+    background = rng.integers(0, 256, (SIZE, SIZE, 3)).astype(np.uint8)  # texture: the clone smooths it away
+    obj, obj_mask = np.full((20, 8, 3), 250, np.uint8), np.ones((20, 8), bool)
+    pasted = paste(background, obj, obj_mask, 0.05, "poisson", replace(CONFIG, min_visible_share=0.5), rng)
+    assert pasted.mode == "poisson" and visible_share(pasted.image, background, pasted.mask) >= 0.5

@@ -24,17 +24,21 @@ from pipelines.checkpoints import remover_from
 from tests.conftest import REPO, small_model_checkpoint
 
 COVERAGE_FLOOR = 0.9  # of every pixel the person touches (alpha >= 0.1 at 2x), after a 1-px expansion
-PSNR_FLOOR = 26.0  # dB, whole image, after removing one person from a plain texture
+PSNR_FLOOR = 26.0  # dB, whole image, after removing one person from a plain texture (the tests' small model)
+PIPELINE_PSNR_FLOOR = 31.0  # the same for the pipeline's 128-px model (it reaches 33.0-34.9 dB on these scenes)
 PSNR_GAIN = 6.0  # dB above the input with the person still in it
 TOUCHING_IOU_FLOOR = 0.8  # a click on one of two touching people: IoU of the removal with that person
 TOUCHING_OTHER_CEILING = 0.05  # and at most this share of the other person removed with it
+
+
+PIPELINE_CHECKPOINT = REPO / "models" / "joint" / "best.ckpt"
 
 
 @pytest.fixture(scope="module")
 def model(request) -> tuple[ObjectRemover, int]:
     """(remover, working resolution): the pipeline's joint model, else the small one the session trains in
     the background (tests/conftest.py)."""
-    checkpoint = REPO / "models" / "joint" / "best.ckpt"
+    checkpoint = PIPELINE_CHECKPOINT
     if not checkpoint.is_file():
         checkpoint = small_model_checkpoint(request.config)
     size = json.loads((checkpoint.parent / "joint.json").read_text())["image_size"]
@@ -126,14 +130,16 @@ def test_a_person_on_a_plain_background_is_removed(model, seed):
     assert coverage(_tensor(removal.mask), _tensor(person)).item() >= COVERAGE_FLOOR
     before = psnr(_tensor(image), _tensor(background)).item()
     after = psnr(_tensor(removal.image), _tensor(background)).item()
-    assert after >= PSNR_FLOOR and after >= before + PSNR_GAIN, (before, after)
+    floor = PIPELINE_PSNR_FLOOR if PIPELINE_CHECKPOINT.is_file() else PSNR_FLOOR
+    assert after >= floor and after >= before + PSNR_GAIN, (before, after)
 
 
 @pytest.mark.xfail(strict=True, reason="known gap (issue 13, item 4): the tests' small model has no offset head "
-                   "(tests/model/small_model.py); the pipeline's, at 64 px, splits the two people but its person "
-                   "mask itself misses the IoU floor (README: touching IoU 0.58-0.66, 0-1 of 10 scenes pass); the "
-                   "splitting itself is tested with a stand-in backend in tests/code/test_inference.py. strict: the "
-                   "suite fails once a model passes, so this mark goes")
+                   "(tests/model/small_model.py); the pipeline's, at 128 px with its segmenter at 64, keeps the two "
+                   "people one instance on 4 of 10 scenes and its mask of the clicked one stays below the IoU bar "
+                   "where it splits them (README: mean IoU 0.51, 0 of 10 scenes pass); the splitting itself is "
+                   "tested with a stand-in backend in tests/code/test_inference.py. strict: the suite fails once a "
+                   "model passes, so this mark goes")
 @pytest.mark.parametrize("seed", [30, 31, 32])
 def test_a_click_on_one_of_two_touching_people_removes_that_one(model, seed):
     """The offset head should split the two touching people into two instances, so that a click on the
