@@ -31,7 +31,7 @@ def test_committed_params_are_valid():
         (("seed",), -3, "seed"),
         (("scenes", "min_things"), 9, "min_things (9) > max_things"),
         (("networks", "segmenter", "image_size"), 96, "segmenter.image_size 96 must divide networks.image_size 128"),
-        (("networks", "segmenter", "image_size"), 120, "image_size 120 must be a multiple of 2**depth = 16"),
+        (("networks", "segmenter", "image_size"), 8, "image_size 8 must be a multiple of 2**depth = 16"),
     ],
 )
 def test_bad_values_are_named(path, value, message):
